@@ -1,0 +1,119 @@
+"""The `lorabench` command line. The only module that parses arguments and prints.
+
+Library errors (:class:`bench.errors.LorabenchError`) become one-line messages and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from bench.errors import LorabenchError
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from bench.registry import available_methods, get_method
+
+    if args.json:
+        out = {}
+        for name in available_methods():
+            spec = get_method(name)
+            out[name] = {
+                "description": spec.description,
+                "mergeable": spec.mergeable,
+                "size_knob": spec.size_knob,
+                "fields": {f: {"type": t, "default": d, "help": h} for f, t, d, h in spec.fields()},
+            }
+        print(json.dumps(out, indent=2))
+        return 0
+    for name in available_methods():
+        spec = get_method(name)
+        merge = "mergeable" if spec.mergeable else "not mergeable"
+        print(f"{name} — {spec.description} [{merge}; size knob: {spec.size_knob}]")
+        rows = [(f, t, repr(d), h) for f, t, d, h in spec.fields()]
+        print(tabulate(rows, headers=["field", "type", "default", "meaning"], tablefmt="simple"))
+        print()
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    from bench.inject import count_parameters, formula_parameters, inject
+    from bench.models import build_on_meta, load_config
+    from bench.registry import build_config, get_method, parse_assignments
+
+    spec = get_method(args.method)
+    config = build_config(spec, parse_assignments(args.set or []))
+    model = build_on_meta(load_config(args.model))
+    base_params = count_parameters(model)[1]
+    injection = inject(model, spec, config, args.targets)
+    trainable, _ = count_parameters(model)
+    result = {
+        "model": args.model,
+        "method": spec.name,
+        "config": injection.to_json()["config"],
+        "targets": injection.targets,
+        "adapted_modules": len(injection.modules),
+        "trainable_params": trainable,
+        "formula_params": formula_parameters(model, injection),
+        "base_params": base_params,
+        "percent": round(100.0 * trainable / base_params, 6),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{spec.name} on {args.model}: {trainable:,} trainable parameters "
+            f"({result['percent']:.4f} % of {base_params:,}) in {len(injection.modules)} layers"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lorabench", description="Compare LoRA variants fairly and reproducibly."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered methods, their config fields and defaults")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("params", help="trainable-parameter count of a method, without training")
+    p.add_argument("--model", default="tiny", help="'tiny', a config.json, or a model folder")
+    p.add_argument("--method", required=True, help="registered method name (see `lorabench list`)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    p.add_argument(
+        "--targets", default="all-linear", help="comma-separated linear layer names, or all-linear"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_params)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except LorabenchError as exc:
+        print(f"lorabench: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `lorabench list | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Base models: the built-in ``tiny`` config, and configs/models from paths, on any device.
+
+``params`` needs only a config: models are built on the meta device, so a 7B config
+costs no memory and downloads no weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, PretrainedConfig
+
+from bench.errors import ConfigError
+
+TINY = "tiny"
+
+
+def tiny_config(vocab_size: int = 1024) -> LlamaConfig:
+    """The embedded default: a ~1 M-parameter Llama (trained locally by `bench.pretrain`)."""
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+def load_config(model: str) -> PretrainedConfig:
+    """``tiny``, a ``config.json`` path, or a model folder → a transformers config."""
+    if model == TINY:
+        return tiny_config()
+    path = Path(model)
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+            model_type = raw.pop("model_type")
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(
+                f"{path}: not a Hugging Face config.json with a model_type ({exc})"
+            ) from exc
+        try:
+            return AutoConfig.for_model(model_type, **raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model folder {path} has no config.json")
+        return AutoConfig.from_pretrained(str(path))
+    raise ConfigError(
+        f"model '{model}' is neither 'tiny' nor an existing config.json or model folder"
+    )
+
+
+def build_on_meta(config: PretrainedConfig) -> torch.nn.Module:
+    """The causal LM for ``config`` with every tensor on the meta device (no memory)."""
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)

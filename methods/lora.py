@@ -1,0 +1,75 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685), delegated to peft's own LoRA layer.
+
+Using peft's ``lora.Linear`` makes the harness's LoRA numbers peft's numbers: the
+reference everybody uses. ``Δ(x) = s · B A drop(x)``, ``s = α / r`` (rsLoRA: ``α / √r``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from torch import nn
+
+from bench.adapter import AdaptedLinear, check_config, knob, resolve_alpha
+from bench.registry import register_method
+
+
+@dataclass
+class LoRAConfig:
+    r: int = knob(8, "rank of A (r × d_in) and B (d_out × r)")
+    alpha: float | None = knob(None, "scale numerator; s = alpha / r. None means 2·r (s = 2)")
+    dropout: float = knob(0.0, "dropout on the adapter input")
+    use_rslora: bool = knob(False, "rank-stabilised scale s = alpha / sqrt(r)")
+
+    def __post_init__(self) -> None:
+        check_config(
+            "lora",
+            r=(self.r >= 1, f"a positive integer, got {self.r}"),
+            dropout=(0.0 <= self.dropout < 1.0, f"a probability in [0, 1), got {self.dropout}"),
+        )
+
+
+@register_method("lora", config=LoRAConfig, size_knob="r")
+class LoRALinear(AdaptedLinear):
+    """LoRA through peft's lora.Linear: Δ(x) = s·B A drop(x), r(d_in + d_out) params."""
+
+    mergeable = True
+
+    def __init__(self, base_layer: nn.Linear, config: LoRAConfig):
+        super().__init__(base_layer)
+        # peft's layer owns the base layer; keep a single registration of it (see the
+        # `base_layer` property) so state dicts hold the frozen weight once.
+        del self.base_layer
+        alpha = resolve_alpha(config.alpha, config.r)
+        peft_config = PeftLoraConfig(
+            r=config.r, lora_alpha=alpha, lora_dropout=config.dropout, use_rslora=config.use_rslora
+        )
+        self.peft_layer = PeftLoraLinear(
+            base_layer, "default", config=peft_config, r=config.r, lora_alpha=alpha
+        )
+        base_layer.requires_grad_(False)
+
+    @property
+    def base_layer(self) -> nn.Linear:  # type: ignore[override]
+        return self.peft_layer.base_layer
+
+    @staticmethod
+    def param_count(config: LoRAConfig, d_in: int, d_out: int) -> int:
+        return config.r * (d_in + d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.peft_layer(x)
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.peft_layer.get_delta_weight("default")
+
+    def merge(self) -> None:
+        self.peft_layer.merge()
+        self.merged = True
+
+    def unmerge(self) -> None:
+        self.peft_layer.unmerge()
+        self.merged = False
