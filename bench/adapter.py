@@ -19,6 +19,8 @@ from bench.errors import ConfigError, MergeError
 
 def knob(default: Any, help: str) -> Any:
     """A config-dataclass field with its documentation (shown by `lorabench list`)."""
+    if isinstance(default, (list, dict)):  # mutable defaults need a factory
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
 
 

@@ -73,6 +73,74 @@ def cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_seeds(text: str | None) -> list[int] | None:
+    """``3`` → seeds 0, 1, 2; ``0,5,7`` → those seeds."""
+    if text is None:
+        return None
+    from bench.errors import ConfigError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds: expected N or a comma-separated list of integers, got {text!r}"
+        ) from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds: expected N >= 1, got {values[0]}")
+        return list(range(values[0]))
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tabulate import tabulate
+
+    from bench.runner import run_suite
+    from bench.suite import load_suite, plan
+
+    suite = load_suite(args.suite)
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    runs = plan(suite, methods=methods, seeds=_parse_seeds(args.seeds), device=args.device)
+    out = Path(args.out) if args.out else Path("results") / suite.settings.name
+    if args.dry_run:
+        rows = [
+            (r.run_id, r.label, r.seed, (r.config["budget"] or {}).get("reached", "")) for r in runs
+        ]
+        print(tabulate(rows, headers=["run", "method", "seed", "budget reached"]))
+        return 0
+    command = "lorabench " + " ".join(args.argv)
+    outcome = run_suite(
+        suite,
+        runs,
+        out,
+        retry_failed=args.retry_failed,
+        command=command,
+        progress=not args.no_progress,
+    )
+    rows = []
+    for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"])):
+        m = r.get("metrics", {})
+        acc = m.get("accuracy")
+        tps = m.get("train_tokens_per_s")
+        rows.append((
+            r["label"], r["seed"], r["status"],
+            f"{acc:.3f}" if acc is not None else "n/a",
+            f"{m['trainable_params']:,}" if "trainable_params" in m else "n/a",
+            f"{tps:,.0f}" if tps else "n/a",
+            "skipped (recorded)" if r in outcome.skipped else f"{m.get('wall_time_s', 0):.0f} s",
+        ))  # fmt: skip
+    print(
+        tabulate(
+            rows, headers=["method", "seed", "status", "accuracy", "trainable", "tokens/s", "time"]
+        )
+    )
+    print(f"records: {out / 'runs'}")
+    failed = [r for r in outcome.records if r["status"] != "ok"]
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabench", description="Compare LoRA variants fairly and reproducibly."
@@ -95,12 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("run", help="run a suite (resumable: recorded runs are skipped)")
+    p.add_argument("suite", help="suite file, e.g. suites/tiny.toml")
+    p.add_argument("--methods", help="comma-separated method labels to run (default: all)")
+    p.add_argument(
+        "--seeds", help="N (seeds 0..N-1) or a comma-separated list (default: the suite's)"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], help="override the suite's device")
+    p.add_argument("--out", help="results folder (default: results/<suite name>)")
+    p.add_argument("--retry-failed", action="store_true", help="re-run failed/oom/nan runs")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

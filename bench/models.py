@@ -65,3 +65,37 @@ def build_on_meta(config: PretrainedConfig) -> torch.nn.Module:
     """The causal LM for ``config`` with every tensor on the meta device (no memory)."""
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config)
+
+
+def resolve_config(model: str) -> PretrainedConfig | None:
+    """Like :func:`load_config`, plus hub names from the local cache; None if unavailable."""
+    if model == TINY or Path(model).exists():
+        return load_config(model)
+    try:
+        return AutoConfig.from_pretrained(model, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def model_path(model: str, progress: bool = True) -> str:
+    """What ``from_pretrained`` loads for ``model``: the built-in tiny folder, a path, or a hub name."""
+    if model == TINY:
+        from bench.pretrain import ensure_tiny_model
+
+        return str(ensure_tiny_model(progress=progress))
+    return model
+
+
+def load_pretrained(model: str, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) through the ordinary ``from_pretrained`` path, in eval mode."""
+    from transformers import AutoTokenizer
+
+    path = model_path(model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise ConfigError(f"cannot load model '{model}': {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm.to(device).eval(), tokenizer

@@ -1,0 +1,134 @@
+"""Accuracy through lm-eval, on the in-memory model, offline.
+
+``simple_evaluate`` runs on ``HFLM(pretrained=model, tokenizer=tokenizer)`` with a
+``TaskManager`` over our task folder (or lm-eval's registry for standard tasks). We keep
+per-example correctness for paired statistics, restore the model's train/eval mode and
+the global RNG states (lm-eval reseeds and advances them), and keep its output quiet.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+PRIMARY_METRICS = ("acc", "exact_match")  # first present is the task's accuracy
+
+
+@contextmanager
+def _preserved_state(model):
+    """lm-eval calls model.eval() and touches global RNGs; put both back afterwards."""
+    training = model.training
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        model.train(training)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def _quiet_lm_eval() -> None:
+    import lm_eval.evaluator as evaluator
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # These shell out to git and collect torch's environment report: slow and noisy, and
+    # our records carry their own environment.
+    evaluator.get_git_commit_hash = lambda: None
+    evaluator.add_env_info = lambda results: None
+
+
+def _quiet_hflm():
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        """HFLM without its per-request progress bars (our own bar covers the tasks)."""
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+def evaluate(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    include_path: str | Path | None,
+    batch_size: int = 32,
+    limit: int | None = None,
+    num_fewshot: int = 0,
+    chat_template: bool = False,
+) -> dict:
+    """Accuracy per task, macro average, and per-example correctness (by doc id).
+
+    ``include_path``: folder of our task YAMLs; None uses lm-eval's registry (standard
+    benchmarks, which need hub access for their data).
+    """
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    _quiet_lm_eval()
+    manager = (
+        TaskManager(include_path=str(include_path), include_defaults=False)
+        if include_path is not None
+        else TaskManager()
+    )
+    lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    with _preserved_state(model):
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            log_samples=True,
+            bootstrap_iters=0,
+            apply_chat_template=chat_template,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+            fewshot_random_seed=1234,
+        )
+    per_task, per_example, metric_names = {}, {}, {}
+    for task, result in output["results"].items():
+        samples = output["samples"].get(task)
+        if not samples:
+            continue  # a group row: its subtasks are reported one by one
+        key = next(
+            (
+                k
+                for m in PRIMARY_METRICS
+                for k in result
+                if k.startswith(m + ",") and "stderr" not in k
+            ),
+            None,
+        )
+        if key is None:
+            continue
+        metric = key.split(",")[0]
+        per_task[task] = float(result[key])
+        metric_names[task] = key
+        ordered = sorted(samples, key=lambda s: s["doc_id"])
+        per_example[task] = [int(float(s[metric]) > 0.5) for s in ordered]
+    macro = sum(per_task.values()) / len(per_task) if per_task else None
+    return {
+        "per_task": per_task,
+        "macro_avg": macro,
+        "metric": metric_names,
+        "per_example": per_example,
+    }

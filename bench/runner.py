@@ -1,0 +1,174 @@
+"""Run a planned suite: one process per run, records on disk, resumable.
+
+Finished runs (any record with status ``ok``) are skipped; failed ones (``failed``, ``oom``,
+``nan``) are skipped too unless ``retry_failed``. A worker that dies without writing its
+record (killed, segfault) gets a ``failed`` record written here with its exit code and
+the tail of its output, and the suite goes on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from bench.records import SCHEMA_VERSION, config_hash, environment, read_record, write_json_atomic
+from bench.suite import RunSpec, Suite
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+
+
+@dataclass
+class SuiteOutcome:
+    executed: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[dict]:
+        return self.skipped + self.executed
+
+
+def record_path(out_dir: Path, run: RunSpec) -> Path:
+    return out_dir / RUNS_DIR / f"{run.run_id}.json"
+
+
+def run_suite(
+    suite: Suite,
+    runs: list[RunSpec],
+    out_dir: Path,
+    *,
+    retry_failed: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> SuiteOutcome:
+    """Execute ``runs`` (each in a child process), skipping the ones already recorded."""
+    out_dir = Path(out_dir)
+    (out_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    _prepare_base_model(runs)
+    outcome = SuiteOutcome()
+    todo = []
+    for run in runs:
+        existing = read_record(record_path(out_dir, run))
+        if existing and (existing["status"] == "ok" or not retry_failed):
+            outcome.skipped.append(existing)
+        else:
+            todo.append(run)
+    if outcome.skipped:
+        log.info(
+            "%d of %d runs already recorded in %s; skipping them",
+            len(outcome.skipped),
+            len(runs),
+            out_dir,
+        )
+    bar = tqdm(
+        todo,
+        desc=f"suite {suite.settings.name}",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for run in bar:
+        bar.set_postfix_str(run.run_id)
+        record = _spawn(run, suite, out_dir, command, progress)
+        log.info(
+            "%s: %s%s",
+            run.run_id,
+            record["status"],
+            f" ({record['error']})" if record["error"] else "",
+        )
+        outcome.executed.append(record)
+        if on_record:
+            on_record(record)
+    return outcome
+
+
+def _prepare_base_model(runs: list[RunSpec]) -> None:
+    """Build the embedded model once, here, so parallel or sequential workers only load it."""
+    if any(r.config["model"] == "tiny" for r in runs):
+        from bench.pretrain import ensure_tiny_model
+
+        ensure_tiny_model()
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGKILL when the parent dies, so no orphan keeps training."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progress: bool) -> dict:
+    path = record_path(out_dir, run)
+    job = {
+        "run_id": run.run_id,
+        "config": run.config,
+        "record_path": str(path),
+        "suite_root": str(suite.root.resolve()),
+        "out_dir": str(out_dir.resolve()),
+        "command": command,
+    }
+    with tempfile.NamedTemporaryFile(
+        "w", suffix=".json", prefix="lorabench-job-", delete=False
+    ) as handle:
+        json.dump(job, handle)
+    log_path = out_dir / "logs" / f"{run.run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LORABENCH_LOG": str(log_path)}
+    if not progress:
+        env["TQDM_DISABLE"] = "1"
+    started = time.time()
+    try:
+        log_path.write_text("")
+        with open(log_path, "a") as log_file:  # O_APPEND: shared with the worker's log handler
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.worker", handle.name],
+                stdout=log_file,
+                # the worker's progress bars go to the terminal; its log lines go to log_path
+                stderr=None if progress else subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                env=env,
+            )
+    finally:
+        os.unlink(handle.name)
+    record = read_record(path)
+    if record is None or record.get("config_hash") != config_hash(run.config):
+        tail = log_path.read_text()[-2000:] if log_path.exists() else ""
+        record = _crash_record(run, command, proc.returncode, tail, time.time() - started)
+        write_json_atomic(path, record)
+    return record
+
+
+def _crash_record(run: RunSpec, command, returncode: int, tail: str, seconds: float) -> dict:
+    status = "oom" if returncode == -signal.SIGKILL and "MemoryError" in tail else "failed"
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run.run_id,
+        "suite": run.config["suite"],
+        "label": run.label,
+        "method": run.method,
+        "seed": run.seed,
+        "config": run.config,
+        "config_hash": config_hash(run.config),
+        "status": status,
+        "error": f"worker exited with code {returncode} before writing its record; log tail: {tail[-500:]}",
+        "env": environment(run.config["device"]),
+        "metrics": {"wall_time_s": seconds},
+        "started_at": None,
+        "finished_at": None,
+        "command": command,
+    }

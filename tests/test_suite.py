@@ -1,0 +1,174 @@
+"""Suite files: validation errors before any training, planning, the budget search."""
+
+from pathlib import Path
+
+import pytest
+
+from bench.errors import ConfigError
+from bench.registry import build_config
+from bench.suite import fit_budget, load_suite, plan, target_shapes
+
+SUITES = Path(__file__).parents[1] / "suites"
+
+MINIMAL = """
+[suite]
+name = "t"
+model = "tiny"
+{suite_extra}
+
+[train]
+steps = 4
+{train_extra}
+
+[[methods]]
+name = "lora"
+{method_extra}
+"""
+
+
+def write_suite(tmp_path, suite_extra="", train_extra="", method_extra="", text=None):
+    path = tmp_path / "suite.toml"
+    path.write_text(
+        text
+        or MINIMAL.format(
+            suite_extra=suite_extra, train_extra=train_extra, method_extra=method_extra
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            dict(suite_extra="colour = 1"),
+            "unknown key 'colour' in [suite]; known keys: budget_tolerance",
+        ),
+        (dict(train_extra="stpes = 3"), "unknown key 'stpes' in [train]"),
+        (dict(method_extra="rank = 4"), "unknown key 'rank' in [[methods]] #1"),
+        (dict(train_extra="lr = 'fast'"), "[train].lr: expected a number, got 'fast'"),
+        (dict(suite_extra="seeds = 3"), "[suite].seeds: expected a list of integers, got 3"),
+        (dict(suite_extra="seeds = []"), "[suite].seeds is empty"),
+        (
+            dict(method_extra="config = { r = 'x' }"),
+            "[[methods]] #1: lora.r: expected an integer, got 'x'",
+        ),
+        (
+            dict(method_extra="config = { colour = 1 }"),
+            "method 'lora' has no config field 'colour'",
+        ),
+        (dict(suite_extra="device = 'tpu'"), "[suite].device: expected cpu or cuda, got 'tpu'"),
+        (
+            dict(train_extra="schedule = 'exp'"),
+            "train.schedule: expected cosine, linear or constant",
+        ),
+        (
+            dict(method_extra="inject_fault = 'boom'"),
+            "inject_fault: expected one of ['raise', 'oom', 'nan']",
+        ),
+    ],
+)
+def test_bad_suites_get_one_line_errors(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        load_suite(write_suite(tmp_path, **kwargs))
+    text = str(err.value)
+    assert message in text and "\n" not in text
+    assert text.startswith(str(tmp_path / "suite.toml"))
+
+
+def test_missing_required_fields_and_unknown_method(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[suite\] is missing the required key 'model'"):
+        load_suite(write_suite(tmp_path, text='[suite]\nname = "x"\n[[methods]]\nname = "lora"\n'))
+    with pytest.raises(ConfigError, match="missing required table"):
+        load_suite(write_suite(tmp_path, text='[[methods]]\nname = "lora"\n'))
+    with pytest.raises(ConfigError, match="no \\[\\[methods\\]\\] entries"):
+        load_suite(write_suite(tmp_path, text='[suite]\nname = "x"\nmodel = "tiny"\n'))
+    with pytest.raises(ConfigError, match="is missing the required key 'name'"):
+        load_suite(
+            write_suite(
+                tmp_path, text='[suite]\nname = "x"\nmodel = "tiny"\n[[methods]]\nlabel = "a"\n'
+            )
+        )
+    text = '[suite]\nname = "x"\nmodel = "tiny"\n[[methods]]\nname = "lorra"\n'
+    with pytest.raises(
+        ConfigError, match="unknown method 'lorra'; known: base, full, lora, melora"
+    ):
+        load_suite(write_suite(tmp_path, text=text))
+    with pytest.raises(ConfigError, match="cannot read suite file"):
+        load_suite(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_suite(write_suite(tmp_path, text="[suite\n"))
+
+
+def test_duplicate_labels_are_refused(tmp_path):
+    text = '[suite]\nname = "x"\nmodel = "tiny"\n[[methods]]\nname = "lora"\n[[methods]]\nname = "lora"\n'
+    with pytest.raises(ConfigError, match=r"duplicate method label\(s\) \['lora'\]"):
+        load_suite(write_suite(tmp_path, text=text))
+
+
+def test_plan_time_checks_need_no_training(tmp_path):
+    suite = load_suite(
+        write_suite(tmp_path, method_extra="config = { }", suite_extra="targets = 'q_projx'")
+    )
+    with pytest.raises(ConfigError, match="target 'q_projx' matched no module"):
+        plan(suite)
+    text = '[suite]\nname = "x"\nmodel = "tiny"\n[[methods]]\nname = "melora"\nconfig = { n = 3 }\n'
+    with pytest.raises(ConfigError, match="melora.n=3 must divide both d_in=128"):
+        plan(load_suite(write_suite(tmp_path, text=text)))
+
+
+def test_budget_unreachable_is_an_error(tmp_path):
+    suite = load_suite(write_suite(tmp_path, suite_extra="param_budget = 100"))
+    with pytest.raises(
+        ConfigError,
+        match=r"method 'lora' cannot reach param_budget=100 within 25%: nearest is r=1 with 9,728 parameters",
+    ):
+        plan(suite)
+
+
+def test_budget_search_picks_the_nearest_knob():
+    shapes = target_shapes("tiny", "gate_proj,up_proj,down_proj")
+    assert sorted(shapes) == sorted([(128, 384), (128, 384), (384, 128)] * 4)
+    expect = {"lora": 16, "mora": 16, "mor": 8, "moe-lora": 2}
+    for method, value in expect.items():
+        cfg, count = fit_budget(method, build_config(method), shapes, 98304, 0.25)
+        assert cfg.r == value, method
+        below = fit_budget(method, build_config(method, {"r": 1}), shapes, count, 0.0)[0]
+        assert below.r == value
+    cfg, count = fit_budget("lora", build_config("lora"), shapes, 98304, 0.25)
+    assert count == 98304
+
+
+def test_plan_expands_methods_and_seeds_with_stable_ids():
+    suite = load_suite(SUITES / "tiny.toml")
+    runs = plan(suite)
+    labels = [r.label for r in runs]
+    assert labels.count("base") == 1  # base does not depend on the seed
+    assert labels.count("mor") == 3 and len(runs) == 1 + 7 * 3
+    again = plan(load_suite(SUITES / "tiny.toml"))
+    assert [r.run_id for r in runs] == [r.run_id for r in again]
+    mor = next(r for r in runs if r.label == "mor")
+    assert mor.config["budget"] == {
+        "target": 98304,
+        "reached": mor.config["budget"]["reached"],
+        "knob": "r",
+        "value": 8,
+    }
+    assert mor.config["method_config"]["r"] == 8 and mor.run_id.startswith("mor-seed0-")
+    full = next(r for r in runs if r.label == "full")
+    assert full.config["train"]["lr"] == 3e-4 and mor.config["train"]["lr"] == 2e-3
+    subset = plan(suite, methods=["lora"], seeds=[5], device="cuda")
+    assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, "cuda")]
+    with pytest.raises(ConfigError, match="--methods: 'dora' is not in suite tiny"):
+        plan(suite, methods=["dora"])
+
+
+@pytest.mark.parametrize("name", ["smoke", "tiny", "mor-paper", "commonsense"])
+def test_shipped_suites_parse_and_plan(name):
+    suite = load_suite(SUITES / f"{name}.toml")
+    runs = plan(suite)
+    assert runs and all(r.config["suite"] == name for r in runs)
+    if name == "mor-paper":
+        counts = {r.label: r.config["method_config"] for r in runs}
+        assert counts["mor"] == {**counts["mor"], "r": 8, "num_experts": 8}
+        assert suite.settings.tasks_dir is None and runs[0].config["device"] == "cuda"

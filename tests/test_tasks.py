@@ -1,0 +1,280 @@
+"""The embedded benchmark data: corpus, task generation, and the lm-eval plumbing."""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from bench.corpus import generate_corpus, split_corpus
+from bench.errors import ConfigError
+from bench.tasks import (
+    ANSWER_END,
+    GROUP_NAME,
+    LIST_OPS,
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    SENTIMENT_CHOICES,
+    SPLIT_SIZES,
+    format_example,
+    list_tasks,
+    load_split,
+    prepare_task_folder,
+    primary_metric,
+    resolve_tasks,
+    write_tasks,
+)
+
+TASKS_DIR = Path(__file__).resolve().parents[1] / "suites" / "tasks"
+SMALL_SIZES = {family: (40, 10) for family in SPLIT_SIZES}
+PROMPT = re.compile(r"^(?P<tag>[a-z]+): (?P<input>.+) =$")
+
+
+def all_files(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+# --- corpus -----------------------------------------------------------------------------------
+
+
+def test_corpus_is_deterministic_and_english_like():
+    lines = generate_corpus(0, 2000)
+    assert lines == generate_corpus(0, 2000)
+    assert lines != generate_corpus(1, 2000)
+    lengths = [len(line.split()) for line in lines]
+    assert min(lengths) >= 5 and max(lengths) <= 25
+    assert len(set(lines)) > 0.9 * len(lines)
+
+
+def test_corpus_holds_no_task_format():
+    words = {w for line in generate_corpus(0, 5000) for w in re.findall(r"[a-z]+", line)}
+    text = "\n".join(generate_corpus(0, 5000))
+    assert not set(text) & set(":=+-")
+    tags = {"lookup", "math", "backwards", "review", *LIST_OPS}
+    assert not words & (tags | set(SENTIMENT_CHOICES) | set(POSITIVE_WORDS) | set(NEGATIVE_WORDS))
+
+
+def test_split_corpus_holds_out_unseen_lines():
+    lines = generate_corpus(0, 1000)
+    train, heldout = split_corpus(lines, 0.1)
+    assert len(train) == 900 and 0 < len(heldout) <= 100
+    assert not set(train) & set(heldout)
+
+
+# --- generation -------------------------------------------------------------------------------
+
+
+def test_generation_is_byte_deterministic(tmp_path):
+    write_tasks(tmp_path / "a", seed=0, sizes=SMALL_SIZES)
+    write_tasks(tmp_path / "b", seed=0, sizes=SMALL_SIZES)
+    write_tasks(tmp_path / "c", seed=1, sizes=SMALL_SIZES)
+    assert all_files(tmp_path / "a") == all_files(tmp_path / "b")
+    assert all_files(tmp_path / "a") != all_files(tmp_path / "c")
+
+
+def test_committed_tasks_match_the_generator(tmp_path):
+    write_tasks(tmp_path, seed=0)  # if this fails: python -m bench.tasks --out suites/tasks
+    assert all_files(tmp_path) == all_files(TASKS_DIR)
+
+
+def test_every_row_has_the_shared_format():
+    families = ("kv_memory", "list_reverse", "list_sort", "list_rotate", "arithmetic")
+    families += ("word_reverse", "sentiment")
+    assert list_tasks(TASKS_DIR) == sorted("lb_" + name for name in families)
+    for task in list_tasks(TASKS_DIR):
+        for split in ("train", "test"):
+            for row in load_split(TASKS_DIR, task, split):
+                context, completion = format_example(row)
+                assert PROMPT.match(context), context
+                assert completion == f" {row['answer']}{ANSWER_END}"
+                assert row["answer"] == row["answer"].strip() and "\n" not in row["answer"]
+                if "choices" in row:
+                    assert row["choices"][row["label"]] == row["answer"]
+
+
+def test_splits_are_disjoint_except_memorisation():
+    for task in list_tasks(TASKS_DIR):
+        train = {r["prompt"]: r["answer"] for r in load_split(TASKS_DIR, task, "train")}
+        test = {r["prompt"]: r["answer"] for r in load_split(TASKS_DIR, task, "test")}
+        if task == "lb_kv_memory":  # memorisation by design: every test key is a train key
+            assert test.items() <= train.items()
+        else:
+            assert not train.keys() & test.keys(), task
+
+
+def test_list_tasks_share_inputs_and_differ_in_outputs():
+    for split in ("train", "test"):
+        by_op = {op: load_split(TASKS_DIR, f"lb_list_{op}", split) for op in LIST_OPS}
+        inputs = {
+            op: [PROMPT.match(r["prompt"])["input"] for r in rows] for op, rows in by_op.items()
+        }
+        assert len({tuple(v) for v in inputs.values()}) == 1  # same inputs, same order
+        assert {PROMPT.match(rows[0]["prompt"])["tag"] for rows in by_op.values()} == set(LIST_OPS)
+        for answers in zip(*([r["answer"] for r in rows] for rows in by_op.values()), strict=True):
+            assert len(set(answers)) == len(LIST_OPS)
+
+
+def test_sentiment_is_balanced():
+    for split in ("train", "test"):
+        labels = [r["label"] for r in load_split(TASKS_DIR, "lb_sentiment", split)]
+        assert abs(sum(labels) * 2 - len(labels)) <= 1
+
+
+# --- lm-eval ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def task_manager():
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(generate_corpus(0, 300), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def evaluate(model, task_manager, **kwargs) -> dict:
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=model,
+        tasks=[GROUP_NAME],
+        task_manager=task_manager,
+        bootstrap_iters=0,
+        random_seed=None,
+        numpy_random_seed=None,
+        torch_random_seed=None,
+        **kwargs,
+    )
+
+
+def test_group_holds_every_task(task_manager):
+    loaded = task_manager.load([GROUP_NAME])["tasks"]
+    assert sorted(loaded) == list_tasks(TASKS_DIR)
+    for name, task in loaded.items():
+        first = load_split(TASKS_DIR, name, "test")[0]
+        doc = task.test_docs()[0]
+        assert task.doc_to_text(doc) == format_example(first)[0]
+
+
+def test_context_and_completion_tokenise_apart_as_together(tiny_tokenizer):
+    # The driver tokenises context and completion apart; lm-eval tokenises them together.
+    for task in list_tasks(TASKS_DIR):
+        rows = load_split(TASKS_DIR, task, "train")[:200] + load_split(TASKS_DIR, task, "test")
+        contexts, completions = zip(*map(format_example, rows), strict=True)
+        encode = partial(tiny_tokenizer, add_special_tokens=False)
+        joint = encode([c + d for c, d in zip(contexts, completions, strict=True)])["input_ids"]
+        context_ids = encode(list(contexts))["input_ids"]
+        completion_ids = encode(list(completions))["input_ids"]
+        assert list(map(list.__add__, context_ids, completion_ids)) == joint, task
+
+
+def test_resolve_and_prepare(tmp_path):
+    every = list_tasks(TASKS_DIR)
+    assert resolve_tasks(TASKS_DIR, "all") == every
+    assert resolve_tasks(TASKS_DIR, [GROUP_NAME, "lb_sentiment"]) == every
+    assert resolve_tasks(TASKS_DIR, "lb_arithmetic, lb_kv_memory") == [
+        "lb_arithmetic",
+        "lb_kv_memory",
+    ]
+    with pytest.raises(ConfigError, match="lb_nope"):
+        resolve_tasks(TASKS_DIR, ["lb_nope"])
+    assert prepare_task_folder(TASKS_DIR, tmp_path) == TASKS_DIR
+    with pytest.raises(ConfigError):
+        prepare_task_folder(tmp_path)
+
+
+def oracle_lm(wrong: bool = False):
+    """An lm-eval model that answers each test row with its training completion (or wrongly)."""
+    from lm_eval.api.model import LM
+
+    rows = [r for t in list_tasks(TASKS_DIR) for r in load_split(TASKS_DIR, t, "test")]
+    completions = dict(map(format_example, rows))
+
+    class Oracle(LM):
+        def generate_until(self, requests, disable_tqdm=False):
+            outputs = []
+            for context, gen_kwargs in (r.args for r in requests):
+                text = " nonsense\n" if wrong else completions[context] + "and more"
+                for stop in gen_kwargs["until"]:  # as HFLM cuts its generations
+                    text = text.split(stop)[0]
+                outputs.append(text)
+            return outputs
+
+        def loglikelihood(self, requests, disable_tqdm=False):
+            def score(context: str, continuation: str) -> tuple[float, bool]:
+                right = continuation + ANSWER_END == completions[context]
+                return (0.0, True) if right != wrong else (-5.0, False)
+
+            return [score(*r.args) for r in requests]
+
+        def loglikelihood_rolling(self, requests, disable_tqdm=False):
+            raise NotImplementedError
+
+    return Oracle()
+
+
+def test_exact_match_and_acc_score_the_training_completion(task_manager):
+    perfect = evaluate(oracle_lm(), task_manager)["results"]
+    hopeless = evaluate(oracle_lm(wrong=True), task_manager)["results"]
+    for task in list_tasks(TASKS_DIR):
+        key = primary_metric(TASKS_DIR, task)
+        assert perfect[task][key] == 1.0, task
+        assert hopeless[task][key] == 0.0, task
+
+
+def test_simple_evaluate_runs_a_tiny_llama(task_manager, tiny_tokenizer):
+    import torch
+    from lm_eval.models.huggingface import HFLM
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    lm = HFLM(pretrained=model, tokenizer=tiny_tokenizer, batch_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls gain nothing from threads, and lose 10x on a busy box
+    try:
+        out = evaluate(lm, task_manager, limit=3, log_samples=True)
+    finally:
+        torch.set_num_threads(threads)
+    for task in list_tasks(TASKS_DIR):
+        key = primary_metric(TASKS_DIR, task)
+        assert 0.0 <= out["results"][task][key] <= 1.0
+        samples = out["samples"][task]
+        assert [s["doc_id"] for s in samples] == [0, 1, 2]
+        assert all(key.split(",")[0] in s for s in samples)
