@@ -15,6 +15,7 @@ they learn from the task train splits alone.
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Callable, Sequence
 
 NAMES = (
@@ -159,6 +160,22 @@ def _word_list(r: random.Random) -> str:
     return f"{r.choice(NAMES)} wrote the words {words} on the {r.choice(OBJECTS)}."
 
 
+def _echo(r: random.Random) -> str:
+    """In-context copying (a phrase said twice): lets the small LM form induction heads."""
+    phrase = " ".join(r.sample(WORDS + COLOURS, r.randint(2, 4)))
+    first, second = r.sample(NAMES, 2)
+    return f"{first} said {phrase} and then {second} said {phrase} too."
+
+
+def _letters(r: random.Random) -> str:
+    """Single letters and short letter/digit codes as tokens of their own: the small model
+    then knows every token a task answer can use (an untrained output token cannot be
+    produced by an adapter that leaves the embeddings frozen)."""
+    letters = " ".join(r.sample(string.ascii_lowercase, r.randint(3, 5)))
+    code = "".join(r.choices(string.ascii_lowercase + string.digits, k=3))
+    return f"{r.choice(NAMES)} wrote the letters {letters} and the code {code} on the {r.choice(OBJECTS)}."
+
+
 def _routine(r: random.Random) -> str:
     return f"every {r.choice(DAYS)} {r.choice(NAMES)} walks to the {r.choice(PLACES)} with the {r.choice(ANIMALS)}."
 
@@ -197,7 +214,7 @@ def _weather(r: random.Random) -> str:
 TEMPLATES: tuple[Callable[[random.Random], str], ...] = (
     _position, _sighting, _possession, _census, _trip, _shopping, _motion, _age, _scene,
     _handling, _question, _preference, _counting, _word_list, _routine, _hours, _exchange,
-    _comparison, _belief, _weather,
+    _comparison, _belief, _weather, _echo, _echo, _letters, _letters,
 )  # fmt: skip
 
 

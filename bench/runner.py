@@ -121,6 +121,7 @@ def _spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progr
         "suite_root": str(suite.root.resolve()),
         "out_dir": str(out_dir.resolve()),
         "command": command,
+        "progress": progress,
     }
     with tempfile.NamedTemporaryFile(
         "w", suffix=".json", prefix="lorabench-job-", delete=False
@@ -129,8 +130,6 @@ def _spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progr
     log_path = out_dir / "logs" / f"{run.run_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LORABENCH_LOG": str(log_path)}
-    if not progress:
-        env["TQDM_DISABLE"] = "1"
     started = time.time()
     try:
         log_path.write_text("")

@@ -48,13 +48,18 @@ CHOICE_METRIC = "acc,none"
 TEMPLATE_FILE = "_default_template_yaml"  # no .yaml suffix: lm-eval does not index it as a task
 
 # family -> (n_train, n_test). The one place to change sizes. Tasks of one family share it.
+# Calibrated so that, at suites/tiny's budget, the 0.9 M-parameter base model is near chance
+# and adapted models land in between (see the calibration note in the README).
 SPLIT_SIZES: dict[str, tuple[int, int]] = {
-    "kv_memory": (256, 128),  # n_train = number of pairs (each once); test queries a subset
-    "list_ops": (1000, 128),  # per task; the same input lists under every list task
-    "arithmetic": (2000, 150),
-    "word_reverse": (2000, 150),
-    "sentiment": (2000, 200),
+    "kv_memory": (64, 64),  # n_train = number of pairs (each KV_REPEATS times); test = all keys
+    "list_ops": (600, 100),  # per task; the same input lists under every list task
+    "arithmetic": (300, 100),  # of the 400 sums a + b with a, b < 20
+    "word_swap": (600, 100),
+    "sentiment": (600, 100),
 }
+N_CHOICES = 4  # multiple choice: the answer and three plausible wrong ones (chance 1/4)
+KV_REPEATS = 8  # memorisation needs several passes over each pair
+LIST_ALPHABET = "abcdefghkmnoprst"  # letters; lists of 3-4 of them
 
 LIST_OPS: dict[str, Callable[[list[str]], list[str]]] = {
     "reverse": lambda items: items[::-1],
@@ -90,6 +95,13 @@ def _row(tag: str, task_input: str, answer: str) -> Row:
     return {"prompt": f"{tag}: {task_input} =", "answer": answer}
 
 
+def _with_choices(row: Row, wrong: Sequence[str], rng: random.Random) -> Row:
+    """Make ``row`` multiple choice: its answer among ``wrong`` ones, in a random order."""
+    choices = [row["answer"], *wrong]
+    rng.shuffle(choices)
+    return {**row, "choices": choices, "label": choices.index(row["answer"])}
+
+
 def _unique(draw: Callable[[], Any], count: int, reject: Callable[[Any], bool] = lambda _: False):
     """``count`` distinct values of ``draw()`` in drawing order, skipping ``reject``-ed ones."""
     seen: dict[Any, None] = {}
@@ -104,16 +116,23 @@ def _unique(draw: Callable[[], Any], count: int, reject: Callable[[Any], bool] =
 
 
 def kv_memory(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
-    """Key→value memorisation with random 5-character IDs: a capacity test (MoRA's claim).
+    """Key→value memorisation with random 3-character IDs: a capacity test (MoRA's claim).
 
     Memorisation is the point, so the test split queries keys that ARE in the train split
-    (a random subset of them); nothing about a value can be inferred from its key.
+    (a random subset of them); nothing about a value can be inferred from its key. Each
+    pair appears ``KV_REPEATS`` times in train.
     """
     alphabet = string.ascii_lowercase + string.digits
-    keys = _unique(lambda: "".join(rng.choices(alphabet, k=5)), n_train)
-    rows = [_row("lookup", key, "".join(rng.choices(alphabet, k=5))) for key in keys]
-    rng.shuffle(rows)
-    return {"kv_memory": (rows, rng.sample(rows, n_test))}
+    keys = _unique(lambda: "".join(rng.choices(alphabet, k=3)), n_train)
+    values = _unique(lambda: "".join(rng.choices(alphabet, k=3)), n_train)
+    rows = []
+    for i, key in enumerate(keys):  # the wrong choices are other keys' values
+        others = rng.sample(values[:i] + values[i + 1 :], N_CHOICES - 1)
+        rows.append(_with_choices(_row("lookup", key, values[i]), others, rng))
+    test = rng.sample(rows, n_test)
+    train = rows * KV_REPEATS
+    rng.shuffle(train)
+    return {"kv_memory": (train, test)}
 
 
 def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
@@ -125,7 +144,7 @@ def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]
     """
 
     def draw() -> tuple[str, ...]:
-        return tuple(rng.sample(string.ascii_lowercase, rng.randint(4, 6)))
+        return tuple(rng.sample(LIST_ALPHABET, rng.randint(3, 4)))
 
     def ambiguous(items: tuple[str, ...]) -> bool:
         outputs = {tuple(op(list(items))) for op in LIST_OPS.values()} | {items}
@@ -134,37 +153,55 @@ def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]
     inputs = _unique(draw, n_train + n_test, ambiguous)
     train_inputs, test_inputs = inputs[:n_train], inputs[n_train:]
 
+    def candidates(items: tuple[str, ...]) -> list[str]:
+        # the same four candidates under every tag: only the tag tells which is right
+        outs = [" ".join(op(list(items))) for op in LIST_OPS.values()] + [" ".join(items)]
+        rng.shuffle(outs)
+        return outs
+
+    shared = {items: candidates(items) for items in inputs}
+
     def rows(op: str, batch: list[tuple[str, ...]]) -> list[Row]:
-        return [_row(op, " ".join(items), " ".join(LIST_OPS[op](list(items)))) for items in batch]
+        out = []
+        for items in batch:
+            answer = " ".join(LIST_OPS[op](list(items)))
+            row = _row(op, " ".join(items), answer)
+            out.append({**row, "choices": shared[items], "label": shared[items].index(answer)})
+        return out
 
     return {f"list_{op}": (rows(op, train_inputs), rows(op, test_inputs)) for op in LIST_OPS}
 
 
 def arithmetic(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
-    """Two-digit addition and subtraction (never negative); test problems are not in train."""
-
-    def draw() -> tuple[int, str, int]:
-        a, b = rng.randint(10, 99), rng.randint(10, 99)
-        return (a, "+", b) if rng.random() < 0.5 else (max(a, b), "-", min(a, b))
-
-    problems = _unique(draw, n_train + n_test)
-    rows = [
-        _row("math", f"{a} {op} {b}", str(a + b if op == "+" else a - b)) for a, op, b in problems
-    ]
+    """Addition of two numbers below 20; the test sums are not in train (generalisation)."""
+    problems = _unique(lambda: (rng.randint(0, 19), rng.randint(0, 19)), n_train + n_test)
+    rows = []
+    for a, b in problems:
+        total = a + b
+        near = [t for t in (total - 2, total - 1, total + 1, total + 2, total + 10) if t >= 0]
+        wrong = [str(t) for t in rng.sample(near, N_CHOICES - 1)]
+        rows.append(_with_choices(_row("math", f"{a} + {b}", str(total)), wrong, rng))
     return {"arithmetic": (rows[:n_train], rows[n_train:])}
 
 
-def word_reverse(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
-    """Spell a pronounceable made-up word backwards (a string transform); test words are new."""
-    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+SWAP_WORDS = (
+    "cat dog fox owl hen cow pig bee ant bat red blue green pink grey box cup hat map pen "
+    "sun sea tree lamp door key ball book ship"
+).split()
 
-    def draw() -> str:
-        syllables = [rng.choice(consonants) + rng.choice(vowels) for _ in range(rng.randint(2, 3))]
-        return "".join(syllables) + (rng.choice(consonants) if rng.random() < 0.5 else "")
 
-    words = _unique(draw, n_train + n_test, lambda word: word == word[::-1])
-    rows = [_row("backwards", word, word[::-1]) for word in words]
-    return {"word_reverse": (rows[:n_train], rows[n_train:])}
+def word_swap(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+    """A string transform on whole words: swap the first and last of three; test triples are new.
+
+    Character-level transforms (spelling a word backwards) are out of reach for a small
+    BPE model whose tokens hide their letters; a word-level transform is not.
+    """
+    triples = _unique(lambda: tuple(rng.sample(SWAP_WORDS, 3)), n_train + n_test)
+    rows = []
+    for a, b, c in triples:
+        wrong = [f"{a} {b} {c}", f"{b} {c} {a}", f"{c} {a} {b}"]  # unchanged, and the rotations
+        rows.append(_with_choices(_row("swap", f"{a} {b} {c}", f"{c} {b} {a}"), wrong, rng))
+    return {"word_swap": (rows[:n_train], rows[n_train:])}
 
 
 def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
@@ -177,7 +214,7 @@ def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits
     """
 
     def clause(positive: bool) -> str:
-        negated = rng.random() < 0.35
+        negated = rng.random() < 0.25
         adjective = rng.choice(POSITIVE_WORDS if positive != negated else NEGATIVE_WORDS)
         modifiers = ("not " if negated else "") + rng.choice(INTENSIFIERS)
         return f"the {rng.choice(REVIEW_SUBJECTS)} was {modifiers}{adjective}"
@@ -185,9 +222,9 @@ def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits
     def draw(label: int) -> Callable[[], str]:
         def review() -> str:
             positive, shape = bool(label), rng.random()
-            if shape < 0.4:
+            if shape < 0.5:
                 return clause(positive)
-            if shape < 0.7:
+            if shape < 0.8:
                 return f"{clause(positive)} and {clause(positive)}"
             return f"{clause(not positive)} but {clause(positive)}"
 
@@ -213,7 +250,7 @@ FAMILIES: dict[str, Callable[[random.Random, int, int], dict[str, Splits]]] = {
     "kv_memory": kv_memory,
     "list_ops": list_ops,
     "arithmetic": arithmetic,
-    "word_reverse": word_reverse,
+    "word_swap": word_swap,
     "sentiment": sentiment,
 }
 
@@ -306,7 +343,7 @@ def _task_yaml(task: str, rows: Sequence[Row], seed: int) -> str:
     if "choices" in rows[0]:
         config |= {
             "output_type": "multiple_choice",
-            "doc_to_choice": rows[0]["choices"],
+            "doc_to_choice": "choices",  # the row's own field: choices differ per row
             "doc_to_target": "{{label}}",  # a digit string → an index into the choices
             "metric_list": [{"metric": "acc", **_MEAN}],
         }

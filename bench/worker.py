@@ -69,7 +69,9 @@ def execute(job: dict) -> dict:
     return record
 
 
-def measure_run(config: dict, suite_root: Path, out_dir: Path, run_id: str) -> dict:
+def measure_run(
+    config: dict, suite_root: Path, out_dir: Path, run_id: str, progress: bool = True
+) -> dict:
     from bench import tasks as task_data
     from bench.data import load_train_pairs, tokenize_pairs
     from bench.evaluate import evaluate
@@ -136,7 +138,7 @@ def measure_run(config: dict, suite_root: Path, out_dir: Path, run_id: str) -> d
         examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
         result = train(
             model, examples, train_cfg, seed=seed, device=device, pad_id=tokenizer.pad_token_id,
-            desc=f"train {config['label']} s{seed}", fault=config.get("inject_fault"),
+            desc=f"train {config['label']} s{seed}", fault=config.get("inject_fault"), progress=progress,
         )  # fmt: skip
         metrics.update(
             train_examples=len(examples),

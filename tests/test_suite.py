@@ -156,7 +156,7 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
     }
     assert mor.config["method_config"]["r"] == 8 and mor.run_id.startswith("mor-seed0-")
     full = next(r for r in runs if r.label == "full")
-    assert full.config["train"]["lr"] == 3e-4 and mor.config["train"]["lr"] == 2e-3
+    assert full.config["train"]["lr"] == 1e-3 and mor.config["train"]["lr"] == 3e-3
     subset = plan(suite, methods=["lora"], seeds=[5], device="cuda")
     assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, "cuda")]
     with pytest.raises(ConfigError, match="--methods: 'dora' is not in suite tiny"):

@@ -1,0 +1,240 @@
+"""`lorabench run` end to end on the embedded model: records, resumption, failures, determinism.
+
+These tests build the embedded `tiny` model once (cached under ~/.cache/lorabench, about
+two minutes on 2 cores) and run `suites/smoke` subsets, each run in its own process.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.data import tokenize_pairs
+from bench.records import RECORD_KEYS, config_hash
+from bench.runner import run_suite
+from bench.suite import load_suite, plan
+from bench.train import IGNORE_INDEX, Example, TrainConfig, batches, masked_lm_loss, train
+
+ROOT = Path(__file__).parents[1]
+SMOKE = ROOT / "suites" / "smoke.toml"
+
+
+def fault_suite(tmp_path: Path) -> Path:
+    """The smoke settings with lora entries that fail in each recorded way."""
+    text = SMOKE.read_text().split("[[methods]]")[0]
+    text = text.replace('tasks_dir = "tasks"', f'tasks_dir = "{ROOT / "suites" / "tasks"}"')
+    text = text.replace('name = "smoke"', 'name = "faults"')
+    for label, fault in [
+        ("lora", None),
+        ("lora-raise", "raise"),
+        ("lora-oom", "oom"),
+        ("lora-nan", "nan"),
+    ]:
+        text += f'\n[[methods]]\nname = "lora"\nlabel = "{label}"\n'
+        if fault:
+            text += f'inject_fault = "{fault}"\n'
+    path = tmp_path / "faults.toml"
+    path.write_text(text)
+    return path
+
+
+# --- the driver, in process ----------------------------------------------------------------
+
+
+def test_data_order_depends_only_on_the_seed():
+    examples = [Example([i, i + 1], [IGNORE_INDEX, i + 1]) for i in range(40)]
+    cfg = TrainConfig(batch_size=4)
+    first = [
+        next(b)["input_ids"][:, 0].tolist()
+        for b in [batches(examples, cfg, 7, 0)]
+        for _ in range(5)
+    ]
+    again = [
+        next(b)["input_ids"][:, 0].tolist()
+        for b in [batches(examples, cfg, 7, 0)]
+        for _ in range(5)
+    ]
+    other = [
+        next(b)["input_ids"][:, 0].tolist()
+        for b in [batches(examples, cfg, 8, 0)]
+        for _ in range(5)
+    ]
+    assert first == again and first != other
+
+
+def test_loss_is_taken_on_answer_tokens_only():
+    logits = torch.zeros(1, 4, 10)
+    logits[0, 2, 7] = 50.0  # position 2 predicts token 7 (the label at position 3) perfectly
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 7]])
+    assert masked_lm_loss(logits, labels).item() == pytest.approx(0.0, abs=1e-6)
+    labels = torch.tensor([[IGNORE_INDEX, 3, IGNORE_INDEX, 7]])  # adds an unpredicted token
+    assert masked_lm_loss(logits, labels).item() == pytest.approx(
+        torch.log(torch.tensor(10.0)).item() / 2, rel=1e-4
+    )
+
+
+def test_tokenized_pairs_mask_the_context():
+    from bench.pretrain import train_tokenizer
+
+    tok = train_tokenizer(["math: 1 + 2 = 3", "the cat sat on the mat"] * 20, 300)
+    [ex] = tokenize_pairs(tok, [("math: 1 + 2 =", " 3\n")], max_length=32)
+    n_ctx = len(tok("math: 1 + 2 =", add_special_tokens=False)["input_ids"])
+    assert ex.labels[:n_ctx] == [IGNORE_INDEX] * n_ctx
+    assert ex.labels[n_ctx:] == ex.input_ids[n_ctx:] and len(ex.labels) > n_ctx
+
+
+def test_driver_is_deterministic_and_applies_aux_loss():
+    from bench.conformance import tiny_model, toy_batch
+    from bench.inject import inject
+
+    ids = toy_batch(batch=16, length=12)["input_ids"].tolist()
+    examples = [Example(row, [IGNORE_INDEX] * 6 + row[6:]) for row in ids]
+    cfg = TrainConfig(steps=6, batch_size=4, warmup_steps=1, lr=1e-2, throughput_warmup=1)
+    curves = []
+    for _ in range(2):
+        model = tiny_model()
+        torch.manual_seed(0)
+        inject(model, "moe-lora-top2", None, "all-linear")
+        result = train(model, examples, cfg, seed=3, progress=False)
+        curves.append((result.loss_curve, result.aux_loss_curve))
+        assert result.tokens_per_s > 0 and result.tokens == 6 * 4 * 12
+    assert curves[0] == curves[1]
+    assert all(a > 0 for a in curves[0][1])  # top-2 MoE-LoRA's balance loss was collected
+    assert curves[0][0][-1] < curves[0][0][0]
+
+
+def test_driver_rejects_too_few_examples():
+    with pytest.raises(ValueError, match="2 training examples are fewer than batch_size=4"):
+        train(torch.nn.Linear(2, 2), [Example([1], [1])] * 2, TrainConfig(batch_size=4), seed=0)
+
+
+# --- whole runs, each in its own process ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    suite = load_suite(SMOKE)
+    runs = plan(suite, methods=["base", "lora", "mor", "full"])
+    outcome = run_suite(suite, runs, out, progress=False)
+    return suite, runs, out, outcome
+
+
+def test_every_run_leaves_a_complete_record(smoke_records):
+    suite, runs, out, outcome = smoke_records
+    assert [r["status"] for r in outcome.executed] == ["ok"] * 4, [
+        r["error"] for r in outcome.executed
+    ]
+    files = sorted((out / "runs").glob("*.json"))
+    assert [f.stem for f in files] == sorted(r.run_id for r in runs)
+    tasks = [
+        "lb_arithmetic",
+        "lb_kv_memory",
+        "lb_list_reverse",
+        "lb_list_rotate",
+        "lb_list_sort",
+        "lb_sentiment",
+        "lb_word_swap",
+    ]
+    for f in files:
+        record = json.loads(f.read_text())
+        assert set(RECORD_KEYS) <= set(record)
+        assert record["config_hash"] == config_hash(record["config"])
+        m = record["metrics"]
+        assert sorted(m["eval"]["per_task"]) == tasks
+        assert all(len(m["eval"]["per_example"][t]) == 10 for t in tasks)  # eval limit = 10
+        assert m["eval"]["macro_avg"] == pytest.approx(sum(m["eval"]["per_task"].values()) / 7)
+        assert m["memory"]["kind"] == "cpu_rss" and m["memory"]["peak_rss_mb"] > 100
+        assert m["latency_ms"]["base"] > 0 and m["wall_time_s"] > 0
+        assert m["heldout_ppl_before"] > 1
+        assert record["env"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+        if record["method"] == "base":
+            assert m["trainable_params"] == 0 and "loss_curve" not in m
+            continue
+        assert len(m["loss_curve"]) == 8 and m["train_tokens_per_s"] > 0
+        assert m["latency_ms"]["unmerged"] > 0
+        if record["method"] == "lora":
+            assert m["latency_ms"]["merged"] > 0 and m["adapter_bytes"] > 4 * m["trainable_params"]
+            assert (
+                m["budget"]["target"] == 120000 and m["trainable_params"] == m["budget"]["reached"]
+            )
+        if record["method"] == "mor":
+            assert "merged" not in m["latency_ms"]
+        if record["method"] == "full":
+            assert m["trainable_params"] == m["base_params"] and "adapter_bytes" not in m
+
+
+def test_rerunning_a_suite_trains_nothing(smoke_records):
+    suite, runs, out, _ = smoke_records
+    again = run_suite(suite, runs, out, progress=False)
+    assert again.executed == [] and len(again.skipped) == 4
+
+
+def test_same_seed_gives_the_same_loss_and_accuracy(smoke_records, tmp_path):
+    suite, runs, out, outcome = smoke_records
+    lora = next(r for r in runs if r.label == "lora")
+    first = next(r for r in outcome.executed if r["label"] == "lora")
+    second = run_suite(suite, [lora], tmp_path, progress=False).executed[0]
+    assert second["metrics"]["final_loss"] == first["metrics"]["final_loss"]
+    assert second["metrics"]["eval"]["per_example"] == first["metrics"]["eval"]["per_example"]
+
+
+def test_failures_are_recorded_with_their_status_and_the_suite_goes_on(tmp_path):
+    suite = load_suite(fault_suite(tmp_path))
+    outcome = run_suite(suite, plan(suite), tmp_path / "out", progress=False)
+    status = {r["label"]: (r["status"], r["error"]) for r in outcome.executed}
+    assert status["lora"] == ("ok", None)
+    assert status["lora-raise"] == ("failed", "RuntimeError: injected fault at step 2")
+    assert status["lora-oom"] == ("oom", "OutOfMemoryError: injected fault at step 2")
+    assert status["lora-nan"][0] == "nan" and status["lora-nan"][1] == "loss is nan at step 2"
+    # failed runs are kept, not retried ... unless asked
+    again = run_suite(suite, plan(suite), tmp_path / "out", progress=False)
+    assert again.executed == []
+    retried = run_suite(
+        suite,
+        plan(suite, methods=["lora-raise"]),
+        tmp_path / "out",
+        retry_failed=True,
+        progress=False,
+    )
+    assert [r["status"] for r in retried.executed] == ["failed"]
+
+
+def test_sigkill_mid_suite_loses_nothing_and_the_next_run_resumes(tmp_path):
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        str(SMOKE),
+        "--methods",
+        "base,lora,melora",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    runs_dir = out / "runs"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(runs_dir.glob("*.json")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = sorted(runs_dir.glob("*.json"))
+    assert 1 <= len(finished) < 3
+    for f in finished:
+        assert json.loads(f.read_text())["status"] == "ok"
+    time.sleep(1.0)  # the worker of the interrupted run dies with its parent (PDEATHSIG)
+    assert not list(runs_dir.glob(".*.tmp"))
+    assert len(list(runs_dir.glob("*.json"))) == len(finished)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipped (recorded)" in done.stdout
+    assert len(list(runs_dir.glob("*.json"))) == 3
