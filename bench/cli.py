@@ -141,6 +141,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.results) / "report"
+    written = write_report(Path(args.results), out, baseline=args.baseline)
+    for path in written:
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabench", description="Compare LoRA variants fairly and reproducibly."
@@ -176,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="markdown + CSV + plots from a results folder")
+    p.add_argument("results", help="results folder (holding runs/*.json)")
+    p.add_argument("--out", help="report folder (default: RESULTS/report)")
+    p.add_argument("--baseline", default="lora", help="method label the others are compared with")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

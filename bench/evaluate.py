@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ def evaluate(
     limit: int | None = None,
     num_fewshot: int = 0,
     chat_template: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
@@ -89,25 +91,30 @@ def evaluate(
         else TaskManager()
     )
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    with _preserved_state(model):
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(tasks),
-            task_manager=manager,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            log_samples=True,
-            bootstrap_iters=0,
-            apply_chat_template=chat_template,
-            random_seed=None,
-            numpy_random_seed=None,
-            torch_random_seed=None,
-            fewshot_random_seed=1234,
-        )
+    results, samples = {}, {}
+    # One call per task, so that the progress bar can say where evaluation is.
+    for task in tqdm(tasks, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
+        with _preserved_state(model):
+            output = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[task],
+                task_manager=manager,
+                num_fewshot=num_fewshot,
+                limit=limit,
+                log_samples=True,
+                bootstrap_iters=0,
+                apply_chat_template=chat_template,
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+                fewshot_random_seed=1234,
+            )
+        results.update(output["results"])
+        samples.update(output["samples"])
     per_task, per_example, metric_names = {}, {}, {}
-    for task, result in output["results"].items():
-        samples = output["samples"].get(task)
-        if not samples:
+    for task, result in results.items():
+        task_samples = samples.get(task)
+        if not task_samples:
             continue  # a group row: its subtasks are reported one by one
         key = next(
             (
@@ -123,7 +130,7 @@ def evaluate(
         metric = key.split(",")[0]
         per_task[task] = float(result[key])
         metric_names[task] = key
-        ordered = sorted(samples, key=lambda s: s["doc_id"])
+        ordered = sorted(task_samples, key=lambda s: s["doc_id"])
         per_example[task] = [int(float(s[metric]) > 0.5) for s in ordered]
     macro = sum(per_task.values()) / len(per_task) if per_task else None
     return {

@@ -169,8 +169,20 @@ def measure_run(
         metrics["eval"] = evaluate(
             model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],
             limit=ev["limit"], num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"],
+            progress=progress,
         )  # fmt: skip
     metrics["accuracy"] = metrics["eval"]["macro_avg"]
+    if tasks_dir is not None:
+        from bench.diagnostics import routing_diagnostics
+
+        prompts = {
+            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+            for t in tasks
+        }
+        with autocast:
+            routing = routing_diagnostics(model, tokenizer, prompts)
+        if routing is not None:
+            metrics["routing"] = routing
     if method not in ("base", "full"):
         weights = save_adapter(model, out_dir / "adapters" / run_id)
         metrics["adapter_bytes"] = weights.stat().st_size
