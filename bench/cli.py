@@ -153,6 +153,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_make_tasks(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.tasks import load_split, write_tasks
+
+    for task in write_tasks(args.out, args.seed):
+        train, test = (len(load_split(args.out, task, split)) for split in ("train", "test"))
+        print(f"{task:18} train {train:5}  test {test:4}  {Path(args.out) / task}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabench", description="Compare LoRA variants fairly and reproducibly."
@@ -194,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: RESULTS/report)")
     p.add_argument("--baseline", default="lora", help="method label the others are compared with")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("make-tasks", help="(re)generate the embedded task data (YAML + JSONL)")
+    p.add_argument("--out", default="suites/tasks", help="tasks folder to (re)write")
+    p.add_argument("--seed", type=int, default=0, help="generation seed")
+    p.set_defaults(func=cmd_make_tasks)
     return parser
 
 

@@ -162,13 +162,12 @@ def check_save_load_roundtrip(method: str, config=None, family: str = "llama") -
     torch.testing.assert_close(_logits(fresh, batch), _logits(model, batch), rtol=0, atol=0)
 
 
-def check_training_step(method: str, config=None, family: str = "llama", steps: int = 6) -> None:
-    """A few AdamW steps on a toy batch: loss decreases, every trainable tensor gets a grad."""
-    _, model, _ = _adapted(method, config, family)
+def train_steps(model, batch, steps: int, lr: float = 1e-2) -> tuple[list[float], dict[str, bool]]:
+    """AdamW steps on one batch (LM loss + aux loss); returns the losses and, per trainable
+    tensor, whether it ever received a non-zero gradient."""
     model.train()
-    batch = toy_batch(batch=4, length=16)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    opt = torch.optim.AdamW(params.values(), lr=1e-2, weight_decay=0.0)
+    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     got_grad = dict.fromkeys(params, False)
     losses = []
     for _ in range(steps):
@@ -181,6 +180,13 @@ def check_training_step(method: str, config=None, family: str = "llama", steps: 
             got_grad[n] |= p.grad is not None and bool(p.grad.abs().sum() > 0)
         opt.step()
         losses.append(out.loss.item())
+    return losses, got_grad
+
+
+def check_training_step(method: str, config=None, family: str = "llama", steps: int = 6) -> None:
+    """A few AdamW steps on a toy batch: loss decreases, every trainable tensor gets a grad."""
+    _, model, _ = _adapted(method, config, family)
+    losses, got_grad = train_steps(model, toy_batch(batch=4, length=16), steps)
     assert losses[-1] < losses[0], f"{method}: loss did not decrease: {losses}"
     missing = [n for n, ok in got_grad.items() if not ok]
     assert not missing, f"{method}: no gradient ever reached {missing[:4]}"

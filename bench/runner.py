@@ -153,7 +153,16 @@ def _spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progr
 
 
 def _crash_record(run: RunSpec, command, returncode: int, tail: str, seconds: float) -> dict:
-    status = "oom" if returncode == -signal.SIGKILL and "MemoryError" in tail else "failed"
+    # A worker killed by SIGKILL without writing its record was, on a benchmark machine,
+    # almost always taken by the kernel's out-of-memory killer.
+    killed = returncode == -signal.SIGKILL
+    status = "oom" if killed else "failed"
+    why = (
+        "killed by SIGKILL (most likely the out-of-memory killer)"
+        if killed
+        else f"exited with code {returncode}"
+    )
+    tail = tail[-500:].strip()
     return {
         "schema": SCHEMA_VERSION,
         "run_id": run.run_id,
@@ -164,7 +173,8 @@ def _crash_record(run: RunSpec, command, returncode: int, tail: str, seconds: fl
         "config": run.config,
         "config_hash": config_hash(run.config),
         "status": status,
-        "error": f"worker exited with code {returncode} before writing its record; log tail: {tail[-500:]}",
+        "error": f"worker {why} before writing its record"
+        + (f"; log tail: {tail}" if tail else ""),
         "env": environment(run.config["device"]),
         "metrics": {"wall_time_s": seconds},
         "started_at": None,

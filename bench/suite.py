@@ -22,7 +22,7 @@ from bench.registry import available_methods, build_config, coerce, get_method
 from bench.train import TrainConfig
 
 REFERENCE_ROWS = ("base", "full")  # no training / full fine-tuning: not plugins
-FAULTS = ("raise", "oom", "nan")
+FAULTS = ("raise", "oom", "nan", "crash")
 
 
 @dataclass
@@ -74,7 +74,7 @@ class MethodEntry:
     label: str
     config: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
-    inject_fault: str | None = None  # harness tests only: raise / oom / nan at step 2
+    inject_fault: str | None = None  # harness tests only: raise / oom / nan / crash at step 2
 
 
 @dataclass

@@ -9,6 +9,7 @@ every method under one seed is what makes the comparison fair.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -115,7 +116,8 @@ def train(
 ) -> TrainResult:
     """Train the parameters of ``model`` that require grad; returns the loss curve and tokens/s.
 
-    ``fault`` (``raise``/``oom``/``nan``) injects a failure at step 2, to test the harness.
+    ``fault`` (``raise``/``oom``/``nan``/``crash``) injects a failure at step 2, to test the
+    harness (``crash`` ends the process at once, as a segfault would).
     """
     if len(examples) < cfg.batch_size:
         raise ValueError(
@@ -157,6 +159,8 @@ def train(
             step_loss += loss.item() / cfg.grad_accum
             step_aux += (aux.item() if aux is not None else 0.0) / cfg.grad_accum
             step_tokens += int(batch["attention_mask"].sum())
+        if fault == "crash" and step == 2:
+            os._exit(70)
         if fault in ("raise", "oom") and step == 2:
             raise (torch.OutOfMemoryError if fault == "oom" else RuntimeError)(
                 f"injected fault at step {step}"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bench.adapter import lora_scale
-from bench.conformance import tiny_model, toy_batch
+from bench.conformance import tiny_model, toy_batch, train_steps
 from bench.inject import adapted_layers, collect_aux_loss, inject
 from bench.registry import build_config, get_method
 from bench.routing import Router, load_balance_loss
@@ -63,16 +63,7 @@ def test_mor_matches_explicit_sum_over_experts():
 def _train_tiny(method, config, steps=8):
     model = tiny_model()
     inject(model, method, config, "gate_proj,up_proj,down_proj")
-    model.train()
-    batch = toy_batch(batch=4, length=16)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(steps):
-        out = model(**batch, labels=batch["input_ids"])
-        aux = collect_aux_loss(model)
-        loss = out.loss + (aux if aux is not None else 0)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, toy_batch(batch=4, length=16), steps)
     return model
 
 

@@ -35,6 +35,7 @@ def fault_suite(tmp_path: Path) -> Path:
         ("lora-raise", "raise"),
         ("lora-oom", "oom"),
         ("lora-nan", "nan"),
+        ("lora-crash", "crash"),
     ]:
         text += f'\n[[methods]]\nname = "lora"\nlabel = "{label}"\n'
         if fault:
@@ -193,6 +194,11 @@ def test_failures_are_recorded_with_their_status_and_the_suite_goes_on(tmp_path)
     assert status["lora-raise"] == ("failed", "RuntimeError: injected fault at step 2")
     assert status["lora-oom"] == ("oom", "OutOfMemoryError: injected fault at step 2")
     assert status["lora-nan"][0] == "nan" and status["lora-nan"][1] == "loss is nan at step 2"
+    # a worker that dies without writing its record gets one written by the runner
+    assert status["lora-crash"][0] == "failed"
+    assert status["lora-crash"][1].startswith(
+        "worker exited with code 70 before writing its record"
+    )
     # failed runs are kept, not retried ... unless asked
     again = run_suite(suite, plan(suite), tmp_path / "out", progress=False)
     assert again.executed == []

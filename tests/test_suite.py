@@ -64,7 +64,7 @@ def write_suite(tmp_path, suite_extra="", train_extra="", method_extra="", text=
         ),
         (
             dict(method_extra="inject_fault = 'boom'"),
-            "inject_fault: expected one of ['raise', 'oom', 'nan']",
+            "inject_fault: expected one of ['raise', 'oom', 'nan', 'crash']",
         ),
     ],
 )

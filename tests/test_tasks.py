@@ -78,7 +78,7 @@ def test_generation_is_byte_deterministic(tmp_path):
 
 
 def test_committed_tasks_match_the_generator(tmp_path):
-    write_tasks(tmp_path, seed=0)  # if this fails: python -m bench.tasks --out suites/tasks
+    write_tasks(tmp_path, seed=0)  # if this fails: lorabench make-tasks --out suites/tasks
     assert all_files(tmp_path) == all_files(TASKS_DIR)
 
 
@@ -249,22 +249,12 @@ def test_exact_match_and_acc_score_the_training_completion(task_manager):
 def test_simple_evaluate_runs_a_tiny_llama(task_manager, tiny_tokenizer):
     import torch
     from lm_eval.models.huggingface import HFLM
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
+
+    from bench.models import tiny_config
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(tiny_config(vocab_size=len(tiny_tokenizer)))
     lm = HFLM(pretrained=model, tokenizer=tiny_tokenizer, batch_size=8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls gain nothing from threads, and lose 10x on a busy box
