@@ -195,15 +195,23 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS)
         ):
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list of {_type_name(item_type)}, got {value!r}")
+        return [coerce(v, item_type, where) for v in value]
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where}: expected a table, got {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         for choice in choices:
@@ -249,4 +257,6 @@ def _type_name(tp: Any) -> str:
         return "{" + ", ".join(repr(a) for a in typing.get_args(tp)) + "}"
     if tp is type(None):
         return "None"
+    if origin is list:
+        return f"list[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))

@@ -160,29 +160,11 @@ def _dataclass_from(cls, table: Any, where: str, name: str):
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in table.items():
-        values[key] = _coerce_value(value, hints[key], f"{where}: {name}.{key}")
+        values[key] = coerce(value, hints[key], f"{where}: {name}.{key}")
     try:
         return cls(**values)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
-
-
-def _coerce_value(value: Any, tp: Any, where: str) -> Any:
-    if tp == list[int]:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list of integers, got {value!r}")
-        return [coerce(v, int, where) for v in value]
-    if tp in (list[str] | str, str | list[str]):
-        if isinstance(value, str) or (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            return value
-        raise ConfigError(f"{where}: expected a string or a list of strings, got {value!r}")
-    if tp == (str | dict):
-        if isinstance(value, (str, dict)):
-            return value
-        raise ConfigError(f"{where}: expected a string or a table, got {value!r}")
-    return coerce(value, tp, where)
 
 
 def _method_entry(entry: Any, index: int, where: str, train: TrainConfig) -> MethodEntry:

@@ -47,7 +47,7 @@ def write_suite(tmp_path, suite_extra="", train_extra="", method_extra="", text=
         (dict(train_extra="stpes = 3"), "unknown key 'stpes' in [train]"),
         (dict(method_extra="rank = 4"), "unknown key 'rank' in [[methods]] #1"),
         (dict(train_extra="lr = 'fast'"), "[train].lr: expected a number, got 'fast'"),
-        (dict(suite_extra="seeds = 3"), "[suite].seeds: expected a list of integers, got 3"),
+        (dict(suite_extra="seeds = 3"), "[suite].seeds: expected a list of int, got 3"),
         (dict(suite_extra="seeds = []"), "[suite].seeds is empty"),
         (
             dict(method_extra="config = { r = 'x' }"),
