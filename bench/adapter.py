@@ -31,6 +31,21 @@ def check_config(name: str, **conditions: tuple[bool, str]) -> None:
             raise ConfigError(f"{name}.{field_name}: expected {expected}")
 
 
+def positive_int(value: int) -> tuple[bool, str]:
+    """A ``check_config`` condition: ``value`` is an integer >= 1."""
+    return value >= 1, f"a positive integer, got {value}"
+
+
+def probability(value: float) -> tuple[bool, str]:
+    """A ``check_config`` condition: ``value`` is a dropout probability in [0, 1)."""
+    return 0.0 <= value < 1.0, f"a probability in [0, 1), got {value}"
+
+
+def non_negative(value: float) -> tuple[bool, str]:
+    """A ``check_config`` condition: ``value`` >= 0."""
+    return value >= 0, f"a number >= 0, got {value}"
+
+
 def resolve_alpha(alpha: float | None, r: int) -> float:
     """``alpha=None`` means ``2 r``: the scale stays 2 when a budget search changes r."""
     return 2.0 * r if alpha is None else float(alpha)

@@ -9,6 +9,7 @@ each method's size knob against the budget — all before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import tomllib
 
-from bench.adapter import check_config, knob
+from bench.adapter import check_config, knob, positive_int
 from bench.errors import ConfigError, LorabenchError, UnknownMethodError
 from bench.registry import available_methods, build_config, coerce, get_method
 from bench.train import TrainConfig
@@ -37,7 +38,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         check_config(
             "eval",
-            batch_size=(self.batch_size >= 1, f"a positive integer, got {self.batch_size}"),
+            batch_size=positive_int(self.batch_size),
             limit=(self.limit is None or self.limit >= 1, f"None or >= 1, got {self.limit}"),
             latency_repeats=(self.latency_repeats >= 1, f">= 1, got {self.latency_repeats}"),
         )
@@ -75,6 +76,7 @@ class MethodEntry:
     config: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     inject_fault: str | None = None  # harness tests only: raise / oom / nan / crash at step 2
+    sweep: dict | None = None  # {"group": label, "values": {field: value}} for sweep points
 
 
 @dataclass
@@ -134,7 +136,7 @@ def load_suite(path: str | Path) -> Suite:
     entries = raw.get("methods")
     if not entries:
         raise ConfigError(f"{where}: no [[methods]] entries; add at least one method")
-    methods = [_method_entry(e, i, where, train) for i, e in enumerate(entries)]
+    methods = [m for i, e in enumerate(entries) for m in _method_entries(e, i, where, train)]
     labels = [m.label for m in methods]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
@@ -167,9 +169,15 @@ def _dataclass_from(cls, table: Any, where: str, name: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _method_entry(entry: Any, index: int, where: str, train: TrainConfig) -> MethodEntry:
+def _method_entries(entry: Any, index: int, where: str, train: TrainConfig) -> list[MethodEntry]:
+    """One [[methods]] table → its entries: one, or one per point of a sweep.
+
+    A list value for a config field is a sweep; several lists combine as their product
+    (``sweep = "product"``, the default) or element by element (``sweep = "zip"``).
+    """
     name = f"[[methods]] #{index + 1}"
-    _check_keys(entry, {"name", "label", "config", "train", "inject_fault"}, where, name)
+    known = {"name", "label", "config", "train", "inject_fault", "sweep"}
+    _check_keys(entry, known, where, name)
     if "name" not in entry:
         raise ConfigError(f"{where}: {name} is missing the required key 'name'")
     method = entry["name"]
@@ -177,20 +185,15 @@ def _method_entry(entry: Any, index: int, where: str, train: TrainConfig) -> Met
         try:
             get_method(method)
         except UnknownMethodError:
-            known = ", ".join([*REFERENCE_ROWS, *available_methods()])
+            known_methods = ", ".join([*REFERENCE_ROWS, *available_methods()])
             raise ConfigError(
-                f"{where}: {name}: unknown method '{method}'; known: {known}"
+                f"{where}: {name}: unknown method '{method}'; known: {known_methods}"
             ) from None
     config = entry.get("config", {})
     if method in REFERENCE_ROWS and config:
         raise ConfigError(f"{where}: {name}: '{method}' takes no config")
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: {name}.config must be a table")
-    if method not in REFERENCE_ROWS:
-        try:
-            build_config(method, config)  # validate now; resolved again in plan()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {name}: {exc}") from exc
     overrides = entry.get("train", {})
     merged = {**dataclasses.asdict(train), **(overrides if isinstance(overrides, dict) else {})}
     _dataclass_from(TrainConfig, merged, where, f"{name}.train")
@@ -202,7 +205,42 @@ def _method_entry(entry: Any, index: int, where: str, train: TrainConfig) -> Met
     label = entry.get("label", method)
     if not isinstance(label, str) or not label:
         raise ConfigError(f"{where}: {name}.label must be a non-empty string")
-    return MethodEntry(method, label, config, overrides, fault)
+    points = _sweep_points(config, entry.get("sweep", "product"), where, name)
+    entries = []
+    for point in points:
+        point_config = {**config, **point}
+        if method not in REFERENCE_ROWS:
+            try:
+                build_config(method, point_config)  # validate now; resolved again in plan()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {name}: {exc}") from exc
+        point_label = label + "".join(f"[{k}={v}]" for k, v in point.items())
+        sweep = {"group": label, "values": point} if point else None
+        entries.append(MethodEntry(method, point_label, point_config, overrides, fault, sweep))
+    return entries
+
+
+def _sweep_points(config: dict, mode: Any, where: str, name: str) -> list[dict]:
+    """The sweep's points (``[{}]`` when nothing is swept); one-line errors for bad sweeps."""
+    swept = {k: v for k, v in config.items() if isinstance(v, list)}
+    if mode not in ("product", "zip"):
+        raise ConfigError(f"{where}: {name}.sweep: expected 'product' or 'zip', got {mode!r}")
+    for key, values in swept.items():
+        if not values:
+            raise ConfigError(f"{where}: {name}.config.{key}: a sweep needs at least one value")
+    if not swept:
+        return [{}]
+    keys = list(swept)
+    if mode == "zip":
+        lengths = {k: len(v) for k, v in swept.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(
+                f"{where}: {name}: sweep = 'zip' needs lists of one length, got {lengths}"
+            )
+        return [
+            dict(zip(keys, values, strict=True)) for values in zip(*swept.values(), strict=True)
+        ]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*swept.values())]
 
 
 # --- planning ---------------------------------------------------------------------------
@@ -337,6 +375,8 @@ def plan(
                 "train": train,
                 "eval": dataclasses.asdict(suite.eval),
                 "inject_fault": entry.inject_fault,
+                # only sweep points carry this key, so other runs keep their config hash
+                **({"sweep": entry.sweep} if entry.sweep else {}),
             }
             digest = config_hash(config)[:8]
             runs.append(

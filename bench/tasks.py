@@ -394,12 +394,11 @@ def resolve_tasks(tasks_dir: str | Path, tasks: str | Sequence[str]) -> list[str
     return list(chosen)
 
 
-def prepare_task_folder(tasks_dir: str | Path, run_dir: str | Path | None = None) -> Path:
+def prepare_task_folder(tasks_dir: str | Path) -> Path:
     """The folder to give lm-eval (``TaskManager(include_path=...)``) for ``tasks_dir``.
 
     The YAMLs find their JSONL relative to themselves (see ``lm_eval_dataset``), so no copy
     with absolute paths is needed: this checks the folder and returns its absolute path.
-    ``run_dir`` is accepted for callers that expect a per-run copy; nothing is written there.
     """
     folder = Path(tasks_dir).resolve()
     if not (folder / TEMPLATE_FILE).is_file():

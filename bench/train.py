@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bench.adapter import check_config, knob
+from bench.adapter import check_config, knob, positive_int
 from bench.inject import collect_aux_loss
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt and padding)
@@ -43,9 +43,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_config(
             "train",
-            steps=(self.steps >= 1, f"a positive integer, got {self.steps}"),
-            batch_size=(self.batch_size >= 1, f"a positive integer, got {self.batch_size}"),
-            grad_accum=(self.grad_accum >= 1, f"a positive integer, got {self.grad_accum}"),
+            steps=positive_int(self.steps),
+            batch_size=positive_int(self.batch_size),
+            grad_accum=positive_int(self.grad_accum),
             lr=(self.lr > 0, f"a positive number, got {self.lr}"),
             schedule=(
                 self.schedule in ("cosine", "linear", "constant"),

@@ -162,9 +162,7 @@ def measure_run(
     if heldout:
         metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
 
-    include = (
-        task_data.prepare_task_folder(tasks_dir, out_dir / "lm_eval_tasks") if tasks_dir else None
-    )
+    include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
     with autocast:
         metrics["eval"] = evaluate(
             model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],

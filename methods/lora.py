@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021, arXiv 2106.09685), delegated to peft's own LoRA layer.
+"""LoRA (Hu et al. 2021, arXiv 2106.09685), delegated to peft's own LoRA layer (and DoRA).
 
 Using peft's ``lora.Linear`` makes the harness's LoRA numbers peft's numbers: the
 reference everybody uses. ``Δ(x) = s · B A drop(x)``, ``s = α / r`` (rsLoRA: ``α / √r``).
@@ -13,7 +13,14 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
-from bench.adapter import AdaptedLinear, check_config, knob, resolve_alpha
+from bench.adapter import (
+    AdaptedLinear,
+    check_config,
+    knob,
+    positive_int,
+    probability,
+    resolve_alpha,
+)
 from bench.registry import register_method
 
 
@@ -23,12 +30,13 @@ class LoRAConfig:
     alpha: float | None = knob(None, "scale numerator; s = alpha / r. None means 2·r (s = 2)")
     dropout: float = knob(0.0, "dropout on the adapter input")
     use_rslora: bool = knob(False, "rank-stabilised scale s = alpha / sqrt(r)")
+    use_dora: bool = knob(False, "DoRA (Liu et al. 2024): also learn a magnitude per output row")
 
     def __post_init__(self) -> None:
         check_config(
             "lora",
-            r=(self.r >= 1, f"a positive integer, got {self.r}"),
-            dropout=(0.0 <= self.dropout < 1.0, f"a probability in [0, 1), got {self.dropout}"),
+            r=positive_int(self.r),
+            dropout=probability(self.dropout),
         )
 
 
@@ -45,7 +53,11 @@ class LoRALinear(AdaptedLinear):
         del self.base_layer
         alpha = resolve_alpha(config.alpha, config.r)
         peft_config = PeftLoraConfig(
-            r=config.r, lora_alpha=alpha, lora_dropout=config.dropout, use_rslora=config.use_rslora
+            r=config.r,
+            lora_alpha=alpha,
+            lora_dropout=config.dropout,
+            use_rslora=config.use_rslora,
+            use_dora=config.use_dora,
         )
         self.peft_layer = PeftLoraLinear(
             base_layer, "default", config=peft_config, r=config.r, lora_alpha=alpha
@@ -58,13 +70,17 @@ class LoRALinear(AdaptedLinear):
 
     @staticmethod
     def param_count(config: LoRAConfig, d_in: int, d_out: int) -> int:
-        return config.r * (d_in + d_out)
+        return config.r * (d_in + d_out) + (d_out if config.use_dora else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.peft_layer(x)
 
     def delta_weight(self) -> torch.Tensor:
-        return self.peft_layer.get_delta_weight("default")
+        variant = self.peft_layer.lora_variant.get("default")  # DoRA: a weight-dependent merge
+        if variant is None:
+            return self.peft_layer.get_delta_weight("default")
+        w0 = self.base_layer.weight.detach()
+        return variant.merge_safe(self.peft_layer, "default", w0.clone()) - w0
 
     def merge(self) -> None:
         self.peft_layer.merge()

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.adapter import AdaptedLinear, check_config, kaiming_uniform_, knob, lora_scale
+from bench.adapter import (
+    AdaptedLinear,
+    check_config,
+    kaiming_uniform_,
+    knob,
+    lora_scale,
+    positive_int,
+    probability,
+)
 from bench.errors import ConfigError
 from bench.registry import register_method
 
@@ -27,9 +35,9 @@ class MELoRAConfig:
     def __post_init__(self) -> None:
         check_config(
             "melora",
-            r=(self.r >= 1, f"a positive integer, got {self.r}"),
-            n=(self.n >= 1, f"a positive integer, got {self.n}"),
-            dropout=(0.0 <= self.dropout < 1.0, f"a probability in [0, 1), got {self.dropout}"),
+            r=positive_int(self.r),
+            n=positive_int(self.n),
+            dropout=probability(self.dropout),
         )
 
 

@@ -17,7 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import AdaptedLinear, check_config, kaiming_uniform_, knob, lora_scale
+from bench.adapter import (
+    AdaptedLinear,
+    check_config,
+    kaiming_uniform_,
+    knob,
+    lora_scale,
+    non_negative,
+    positive_int,
+    probability,
+)
 from bench.registry import register_method
 from bench.routing import RoutedLinear, Router
 
@@ -38,10 +47,10 @@ class MoRConfig:
     def __post_init__(self) -> None:
         check_config(
             "mor",
-            r=(self.r >= 1, f"a positive integer, got {self.r}"),
-            num_experts=(self.num_experts >= 1, f"a positive integer, got {self.num_experts}"),
-            aux_loss_coef=(self.aux_loss_coef >= 0, f"a number >= 0, got {self.aux_loss_coef}"),
-            dropout=(0.0 <= self.dropout < 1.0, f"a probability in [0, 1), got {self.dropout}"),
+            r=positive_int(self.r),
+            num_experts=positive_int(self.num_experts),
+            aux_loss_coef=non_negative(self.aux_loss_coef),
+            dropout=probability(self.dropout),
         )
 
 

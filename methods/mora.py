@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.adapter import AdaptedLinear, check_config, knob
+from bench.adapter import AdaptedLinear, check_config, knob, positive_int, probability
 from bench.registry import register_method
 
 
@@ -28,9 +28,9 @@ class MoRAConfig:
     def __post_init__(self) -> None:
         check_config(
             "mora",
-            r=(self.r >= 1, f"a positive integer, got {self.r}"),
+            r=positive_int(self.r),
             mora_type=(self.mora_type in (1, 6), f"1 or 6, got {self.mora_type}"),
-            dropout=(0.0 <= self.dropout < 1.0, f"a probability in [0, 1), got {self.dropout}"),
+            dropout=probability(self.dropout),
         )
 
 

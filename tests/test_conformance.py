@@ -8,6 +8,7 @@ from bench.registry import available_methods
 # Variants whose code paths differ from the registered defaults.
 VARIANTS = [
     ("lora", {"use_rslora": True, "r": 4}),
+    ("lora", {"use_dora": True}),
     ("mora", {"mora_type": 1}),
     ("mora", {"r": 2}),
     ("melora", {"n": 2, "r": 3}),

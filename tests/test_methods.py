@@ -249,15 +249,27 @@ def test_dense_moe_lora_has_no_aux_loss():
 # --- LoRA is peft's ---------------------------------------------------------------------------
 
 
-def test_lora_numbers_are_peft_numbers():
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_lora_numbers_are_peft_numbers(use_dora):
     """Our plugin on a model gives the same logits as peft's get_peft_model with the same weights."""
     from peft import LoraConfig, get_peft_model
 
     ours = tiny_model()
-    inject(ours, "lora", {"r": 4, "alpha": 8.0, "use_rslora": True}, "q_proj,v_proj")
+    inject(
+        ours,
+        "lora",
+        {"r": 4, "alpha": 8.0, "use_rslora": True, "use_dora": use_dora},
+        "q_proj,v_proj",
+    )
     theirs = get_peft_model(
         tiny_model(),
-        LoraConfig(r=4, lora_alpha=8.0, use_rslora=True, target_modules=["q_proj", "v_proj"]),
+        LoraConfig(
+            r=4,
+            lora_alpha=8.0,
+            use_rslora=True,
+            use_dora=use_dora,
+            target_modules=["q_proj", "v_proj"],
+        ),
     )
     _randomise(ours)
     ours_sd = {

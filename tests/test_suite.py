@@ -172,3 +172,68 @@ def test_shipped_suites_parse_and_plan(name):
         counts = {r.label: r.config["method_config"] for r in runs}
         assert counts["mor"] == {**counts["mor"], "r": 8, "num_experts": 8}
         assert suite.settings.tasks_dir is None and runs[0].config["device"] == "cuda"
+
+
+SWEEP = """
+[suite]
+name = "sweep"
+model = "tiny"
+targets = "gate_proj,up_proj,down_proj"
+seeds = [0, 1]
+
+[[methods]]
+name = "mor"
+{extra}
+"""
+
+
+def sweep_suite(tmp_path, extra):
+    return load_suite(write_suite(tmp_path, text=SWEEP.format(extra=extra)))
+
+
+def test_a_list_value_sweeps_a_field_and_lists_combine_as_a_product(tmp_path):
+    suite = sweep_suite(
+        tmp_path, 'config = { num_experts = [2, 4, 8], router = ["softmax", "mean"] }'
+    )
+    labels = [m.label for m in suite.methods]
+    assert labels == [
+        f"mor[num_experts={n}][router={r}]" for n in (2, 4, 8) for r in ("softmax", "mean")
+    ]
+    runs = plan(suite)
+    assert len(runs) == 6 * 2  # every point, every seed
+    point = next(r for r in runs if r.label == "mor[num_experts=4][router=mean]")
+    assert point.config["method_config"]["num_experts"] == 4
+    assert point.config["method_config"]["router"] == "mean"
+    assert point.config["sweep"] == {"group": "mor", "values": {"num_experts": 4, "router": "mean"}}
+    assert len({r.run_id for r in runs}) == 12
+
+
+def test_zip_sweeps_pair_values(tmp_path):
+    suite = sweep_suite(tmp_path, 'sweep = "zip"\nconfig = { r = [4, 8], num_experts = [8, 4] }')
+    assert [m.label for m in suite.methods] == [
+        "mor[r=4][num_experts=8]",
+        "mor[r=8][num_experts=4]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("config = { num_experts = [] }", "config.num_experts: a sweep needs at least one value"),
+        ("config = { nexperts = [2, 4] }", "method 'mor' has no config field 'nexperts'"),
+        (
+            "config = { num_experts = [2, 'four'] }",
+            "mor.num_experts: expected an integer, got 'four'",
+        ),
+        (
+            "config = { num_experts = [2, 0] }",
+            "mor.num_experts: expected a positive integer, got 0",
+        ),
+        ('sweep = "grid"\nconfig = { r = [2] }', "sweep: expected 'product' or 'zip', got 'grid'"),
+        ('sweep = "zip"\nconfig = { r = [2, 4], num_experts = [8] }', "needs lists of one length"),
+    ],
+)
+def test_bad_sweeps_are_one_line_errors_before_any_run(tmp_path, extra, message):
+    with pytest.raises(ConfigError) as err:
+        sweep_suite(tmp_path, extra)
+    assert message in str(err.value) and "\n" not in str(err.value)

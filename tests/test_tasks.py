@@ -202,7 +202,7 @@ def test_resolve_and_prepare(tmp_path):
     ]
     with pytest.raises(ConfigError, match="lb_nope"):
         resolve_tasks(TASKS_DIR, ["lb_nope"])
-    assert prepare_task_folder(TASKS_DIR, tmp_path) == TASKS_DIR
+    assert prepare_task_folder(TASKS_DIR) == TASKS_DIR.resolve()
     with pytest.raises(ConfigError):
         prepare_task_folder(tmp_path)
 
