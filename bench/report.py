@@ -29,6 +29,7 @@ from bench.report_data import (
     num,
 )
 from bench.report_plots import write_plots
+from bench.report_sweeps import sweep_section
 from bench.stats import mean_std
 
 SETUP_HEADERS = (
@@ -312,6 +313,7 @@ class _Report(ReportData):
             self.intro(results_dir, out_dir),
             self.summary(),
             self.per_task(),
+            sweep_section(self),
             self.routing_section(),
             self.setup(),
             self.failures(),

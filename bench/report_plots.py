@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report_data import ReportData, num
+from bench.report_sweeps import write_sweep_plots
 from bench.stats import pareto_front
 
 
@@ -55,7 +56,7 @@ def _scatter(ax: Any, points: list[tuple[int, str, float, float, float]], log_x:
 
 
 def write_plots(report: ReportData, out: Path) -> list[Path]:
-    """accuracy_vs_params, accuracy_vs_memory, per_task_accuracy, loss_curves (+ routing)."""
+    """accuracy_vs_params, accuracy_vs_memory, per_task_accuracy, loss_curves (+ routing, sweeps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,4 +173,5 @@ def write_plots(report: ReportData, out: Path) -> list[Path]:
             ax.set(title=f"{label}: load %", ylabel="expert")
             fig.colorbar(image, ax=ax)
         save(fig, "routing_heatmap.png")
+    write_sweep_plots(report, out, save)
     return written

@@ -326,3 +326,44 @@ def test_committed_tiny_report_regenerates_byte_for_byte(tmp_path, monkeypatch):
     write_report(Path("reports/tiny"), Path("reports/tiny"))
     for name in ("report.md", "results.csv"):
         assert (work / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+
+
+def test_sweeps_get_a_table_and_a_plot_per_swept_field(tmp_path):
+    runs = tmp_path / "sweep" / "runs"
+    runs.mkdir(parents=True)
+    for group, method, base_params in (("mor", "mor", 100), ("moe", "moe-lora", 150)):
+        for n, correct in ((2, 4), (4, 6), (8, 7)):
+            for seed in (0, 1):
+                label = f"{group}[num_experts={n}]"
+                rec = record(
+                    label,
+                    seed,
+                    {"t_a": ones(correct + seed), "t_b": ones(correct)},
+                    rss=500.0,
+                    params=base_params * n,
+                    method=method,
+                )
+                rec["config"]["sweep"] = {"group": group, "values": {"num_experts": n}}
+                rec["run_id"] = f"{group}-{n}-seed{seed}"
+                (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    paths = write_report(tmp_path / "sweep", tmp_path / "out")
+    assert (tmp_path / "out" / "sweep_num_experts.png").stat().st_size > 1000
+    assert tmp_path / "out" / "sweep_num_experts.png" in paths
+    text = (tmp_path / "out" / "report.md").read_text()
+    sweeps = text.split("## Sweeps")[1].split("\n## ")[0]
+    # mor at N=4: accuracies (6+6)/20 and (7+6)/20 → mean 62.50, std 3.54; params 400
+    mor_rows = [ln for ln in sweeps.splitlines() if ln.startswith("| mor ")]
+    assert [cell.strip() for cell in mor_rows[1].strip("|").split("|")] == [
+        "mor",
+        "4",
+        "62.50 ± 3.54",
+        "400",
+    ]
+    moe_rows = [ln for ln in sweeps.splitlines() if ln.startswith("| moe ")]
+    assert [c.strip() for c in moe_rows[2].strip("|").split("|")] == [
+        "moe",
+        "8",
+        "72.50 ± 3.54",
+        "1,200",
+    ]
+    assert "![sweep over num_experts](sweep_num_experts.png)" in sweeps

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import ConfigError
-from bench.registry import build_config
+from bench.registry import build_config, get_method
 from bench.suite import fit_budget, load_suite, plan, target_shapes
 
 SUITES = Path(__file__).parents[1] / "suites"
@@ -163,7 +163,9 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
         plan(suite, methods=["dora"])
 
 
-@pytest.mark.parametrize("name", ["smoke", "tiny", "mor-paper", "commonsense"])
+@pytest.mark.parametrize(
+    "name", ["smoke", "tiny", "mor-paper", "commonsense", "mor-ablation-tiny", "mor-ablation"]
+)
 def test_shipped_suites_parse_and_plan(name):
     suite = load_suite(SUITES / f"{name}.toml")
     runs = plan(suite)
@@ -237,3 +239,22 @@ def test_bad_sweeps_are_one_line_errors_before_any_run(tmp_path, extra, message)
     with pytest.raises(ConfigError) as err:
         sweep_suite(tmp_path, extra)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ablation_suite_parameter_growth_follows_the_closed_forms():
+    """MoR grows by r + d_out + d_in per expert and layer; MoE-LoRA by r_e (d_in + d_out) + d_in."""
+    runs = plan(load_suite(SUITES / "mor-ablation-tiny.toml"), seeds=[0])
+    assert len(runs) == 18
+    shapes = target_shapes("tiny", "gate_proj,up_proj,down_proj")
+    for run in runs:
+        n = run.config["method_config"]["num_experts"]
+        r = run.config["method_config"]["r"]
+        if run.method == "mor" and run.config["method_config"]["router"] == "softmax":
+            expected = sum(r * (i + o) + n * (r + o) + n * i for i, o in shapes)
+        elif run.method == "moe-lora":
+            expected = sum(n * r * (i + o) + n * i for i, o in shapes)
+        else:
+            continue
+        spec = get_method(run.method)
+        cfg = build_config(run.method, run.config["method_config"])
+        assert sum(spec.param_count(cfg, i, o) for i, o in shapes) == expected, run.label
