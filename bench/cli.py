@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its INFO lines are noise here
     try:
         return args.func(args)
     except LorabenchError as exc:

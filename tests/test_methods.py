@@ -284,3 +284,31 @@ def test_lora_numbers_are_peft_numbers(use_dora):
         torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=0, atol=1e-6)
     layer = dict(adapted_layers(ours))["model.layers.0.self_attn.q_proj"]
     assert layer.peft_layer.scaling["default"] == pytest.approx(8.0 / 2.0)  # alpha / sqrt(r)
+
+
+@pytest.mark.parametrize("router", ["softmax", "mean"])
+def test_routing_diagnostics_report_load_and_entropy(router):
+    from transformers import AutoModelForCausalLM
+
+    from bench.conformance import tiny_test_config
+    from bench.diagnostics import routing_diagnostics
+    from bench.pretrain import train_tokenizer
+
+    tok = train_tokenizer(["the cat sat", "a dog ran far"] * 10, 300)
+    config = tiny_test_config()
+    config.vocab_size = len(tok)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    inject(model, "mor", {"router": router, "num_experts": 4}, "up_proj")
+    out = routing_diagnostics(model, tok, {"t": ["the cat", "a dog ran"]})
+    assert out["num_experts"] == 4 and sorted(out["layers"]) == [
+        "model.layers.0.mlp.up_proj",
+        "model.layers.1.mlp.up_proj",
+    ]
+    stats = out["layers"]["model.layers.0.mlp.up_proj"]["t"]
+    assert sum(stats["load"]) == pytest.approx(1.0, abs=1e-5)
+    if router == "mean":  # uniform gates: equal load, maximal entropy log N
+        assert stats["load"] == [0.25] * 4
+        assert stats["entropy"] == pytest.approx(math.log(4), abs=1e-5)
+    else:
+        assert 0 < stats["entropy"] < math.log(4)

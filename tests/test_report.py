@@ -313,19 +313,24 @@ def test_reused_baseline_seed_and_cuda_memory(tmp_path):
 
 # ---- the committed report ------------------------------------------------------------------
 
-COMMITTED = Path(__file__).parents[1] / "reports" / "tiny"
+REPORTS = Path(__file__).parents[1] / "reports"
 
 
-@pytest.mark.skipif(not (COMMITTED / "runs").is_dir(), reason="no committed tiny report yet")
-def test_committed_tiny_report_regenerates_byte_for_byte(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "name,baseline", [("tiny", "lora"), ("mor-ablation-tiny", "mor-N[num_experts=8]")]
+)
+def test_committed_reports_regenerate_byte_for_byte(name, baseline, tmp_path, monkeypatch):
     import shutil
 
-    work = tmp_path / "reports" / "tiny"
-    shutil.copytree(COMMITTED / "runs", work / "runs")
+    committed = REPORTS / name
+    if not (committed / "runs").is_dir():
+        pytest.skip(f"no committed reports/{name} yet")
+    work = tmp_path / "reports" / name
+    shutil.copytree(committed / "runs", work / "runs")
     monkeypatch.chdir(tmp_path)  # the report names its folders relative to the working directory
-    write_report(Path("reports/tiny"), Path("reports/tiny"))
-    for name in ("report.md", "results.csv"):
-        assert (work / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+    write_report(Path(f"reports/{name}"), Path(f"reports/{name}"), baseline=baseline)
+    for file in ("report.md", "results.csv"):
+        assert (work / file).read_bytes() == (committed / file).read_bytes(), file
 
 
 def test_sweeps_get_a_table_and_a_plot_per_swept_field(tmp_path):
