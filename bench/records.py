@@ -23,6 +23,27 @@ RECORD_KEYS = (
 )  # fmt: skip
 
 
+def new_record(run_id: str, config: dict, command: str | None) -> dict:
+    """The record of a run before it has a result: status ``failed`` until it says otherwise."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "suite": config["suite"],
+        "label": config["label"],
+        "method": config["method"],
+        "seed": config["seed"],
+        "config": config,
+        "config_hash": config_hash(config),
+        "status": "failed",
+        "error": None,
+        "env": environment(config["device"]),
+        "metrics": {},
+        "started_at": None,
+        "finished_at": None,
+        "command": command,
+    }
+
+
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 

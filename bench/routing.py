@@ -77,11 +77,19 @@ class Router(nn.Module):
         computed only when ``with_aux``; top-1 is used for dense routing (Switch form).
         """
         tokens = x.reshape(-1, x.shape[-1])
+        aux = None
         if self.mode == "mean":
             gates = tokens.new_full((tokens.shape[0], self.num_experts), 1.0 / self.num_experts)
-            if self.record_gates:
-                self.last_gates = gates.float()
-            return gates.float(), None
+            gates = gates.float()
+        else:
+            gates, aux = self._softmax_gates(tokens, x, with_aux)
+        if self.record_gates:
+            self.last_gates = gates.detach()
+        return gates, aux
+
+    def _softmax_gates(
+        self, tokens: torch.Tensor, x: torch.Tensor, with_aux: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         probs = F.softmax(F.linear(tokens.float(), self.weight.float()), dim=-1)
         k = self.top_k
         if k is not None and k < self.num_experts:
@@ -90,8 +98,6 @@ class Router(nn.Module):
         else:
             gates = probs
             top_i = probs.argmax(-1, keepdim=True) if with_aux else None
-        if self.record_gates:
-            self.last_gates = gates.detach()
         aux = None
         if with_aux:
             mask = self.token_mask.flat_for(x) if self.token_mask is not None else None

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from bench.records import SCHEMA_VERSION, config_hash, environment, read_record, write_json_atomic
+from bench.records import config_hash, new_record, read_record, write_json_atomic
 from bench.suite import RunSpec, Suite
 
 log = logging.getLogger(__name__)
@@ -156,28 +156,16 @@ def _crash_record(run: RunSpec, command, returncode: int, tail: str, seconds: fl
     # A worker killed by SIGKILL without writing its record was, on a benchmark machine,
     # almost always taken by the kernel's out-of-memory killer.
     killed = returncode == -signal.SIGKILL
-    status = "oom" if killed else "failed"
     why = (
         "killed by SIGKILL (most likely the out-of-memory killer)"
         if killed
         else f"exited with code {returncode}"
     )
     tail = tail[-500:].strip()
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": run.run_id,
-        "suite": run.config["suite"],
-        "label": run.label,
-        "method": run.method,
-        "seed": run.seed,
-        "config": run.config,
-        "config_hash": config_hash(run.config),
-        "status": status,
-        "error": f"worker {why} before writing its record"
-        + (f"; log tail: {tail}" if tail else ""),
-        "env": environment(run.config["device"]),
-        "metrics": {"wall_time_s": seconds},
-        "started_at": None,
-        "finished_at": None,
-        "command": command,
-    }
+    record = new_record(run.run_id, run.config, command)
+    record.update(
+        status="oom" if killed else "failed",
+        error=f"worker {why} before writing its record" + (f"; log tail: {tail}" if tail else ""),
+        metrics={"wall_time_s": seconds},
+    )
+    return record

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bench.records import SCHEMA_VERSION, config_hash, environment, write_json_atomic
+from bench.records import new_record, write_json_atomic
 
 log = logging.getLogger("bench.worker")
 
@@ -33,23 +33,8 @@ def execute(job: dict) -> dict:
     from bench.train import NaNLossError
 
     config = job["config"]
-    record = {
-        "schema": SCHEMA_VERSION,
-        "run_id": job["run_id"],
-        "suite": config["suite"],
-        "label": config["label"],
-        "method": config["method"],
-        "seed": config["seed"],
-        "config": config,
-        "config_hash": config_hash(config),
-        "status": "failed",
-        "error": None,
-        "env": environment(config["device"]),
-        "metrics": {},
-        "started_at": _now(),
-        "finished_at": None,
-        "command": job.get("command"),
-    }
+    record = new_record(job["run_id"], config, job.get("command"))
+    record["started_at"] = _now()
     started = time.perf_counter()
     try:
         record["metrics"] = measure_run(
