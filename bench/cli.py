@@ -97,9 +97,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
+    from bench.errors import ConfigError
     from bench.runner import run_suite
     from bench.suite import load_suite, plan
 
+    if args.address and not args.ray:
+        raise ConfigError("--address is the Ray cluster to run on; it needs --ray")
+    if args.ray:
+        from bench.ray_runner import import_ray
+
+        import_ray()  # a one-line error now, before planning, when Ray is not installed
     suite = load_suite(args.suite)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     runs = plan(suite, methods=methods, seeds=_parse_seeds(args.seeds), device=args.device)
@@ -111,14 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["run", "method", "seed", "budget reached"]))
         return 0
     command = "lorabench " + " ".join(args.argv)
-    outcome = run_suite(
-        suite,
-        runs,
-        out,
-        retry_failed=args.retry_failed,
-        command=command,
-        progress=not args.no_progress,
-    )
+    options = dict(retry_failed=args.retry_failed, command=command, progress=not args.no_progress)
+    if args.ray:
+        from bench.ray_runner import run_suite_ray
+
+        outcome = run_suite_ray(suite, runs, out, address=args.address, **options)
+    else:
+        outcome = run_suite(suite, runs, out, **options)
     rows = []
     for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"])):
         m = r.get("metrics", {})
@@ -164,6 +170,37 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_layers(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.errors import ConfigError
+    from bench.layerbench import LAYER_METHODS, LayerShape, render, run_benchmarks
+    from bench.records import environment, write_json_atomic
+    from bench.registry import get_method
+
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else LAYER_METHODS
+    for method in methods:
+        get_method(method)  # UnknownMethodError names the registered ones
+    for name in ("d_in", "d_out", "tokens", "rounds"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: expected a positive integer")
+    result = run_benchmarks(
+        LayerShape(args.d_in, args.d_out, args.tokens),
+        methods,
+        rounds=args.rounds,
+        min_time=args.min_time,
+        model_step=not args.no_model_step,
+        progress=not args.no_progress,
+    )
+    result["env"] = environment("cpu")
+    result["command"] = "lorabench " + " ".join(args.argv)
+    print(render(result))
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+        print(f"\nsaved {args.out}")
+    return 0 if all(t["met"] for t in result["targets"]) or not args.strict else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorabench", description="Compare LoRA variants fairly and reproducibly."
@@ -176,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="trainable-parameter count of a method, without training")
-    p.add_argument("--model", default="tiny", help="'tiny', a config.json, or a model folder")
+    p.add_argument(
+        "--model", default="tiny", help="'tiny', 'smollm2', a config.json, or a model folder"
+    )
     p.add_argument("--method", required=True, help="registered method name (see `lorabench list`)")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
@@ -198,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="re-run failed/oom/nan runs")
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--ray", action="store_true", help="run each run as a Ray task (pip install lorabench[ray])"
+    )
+    p.add_argument("--address", help="Ray cluster address (default: start a local instance)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="markdown + CSV + plots from a results folder")
@@ -205,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: RESULTS/report)")
     p.add_argument("--baseline", default="lora", help="method label the others are compared with")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "bench-layers", help="adapter cost as ratios to the frozen base (layer and train step)"
+    )
+    p.add_argument("--methods", help="comma-separated methods (default: the in-tree ones)")
+    p.add_argument("--d-in", type=int, default=1024, help="layer input features")
+    p.add_argument("--d-out", type=int, default=2816, help="layer output features")
+    p.add_argument("--tokens", type=int, default=2048, help="tokens per layer call")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median taken)")
+    p.add_argument("--min-time", type=float, default=0.3, help="seconds per timed measurement")
+    p.add_argument("--no-model-step", action="store_true", help="skip the tiny-model train step")
+    p.add_argument("--out", default="results/bench-layers.json", help="JSON file ('' = none)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_bench_layers)
 
     p = sub.add_parser("make-tasks", help="(re)generate the embedded task data (YAML + JSONL)")
     p.add_argument("--out", default="suites/tasks", help="tasks folder to (re)write")

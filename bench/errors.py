@@ -26,3 +26,7 @@ class MergeError(LorabenchError, RuntimeError):
 
 class AdapterFileError(LorabenchError, ValueError):
     """An adapter file is missing, unreadable, or does not fit the model it is loaded into."""
+
+
+class ModelSourceError(LorabenchError, RuntimeError):
+    """A built-in model could not be fetched, verified or converted."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+import weakref
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 MB = 1024 * 1024
 
@@ -88,3 +91,52 @@ def forward_latency_ms(model, input_ids: torch.Tensor, repeats: int, warmup: int
             times.append((time.perf_counter() - start) * 1000)
     model.train(was_training)
     return statistics.median(times)
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Bytes of the tensors that ops create inside the block, on any device (CPU included).
+
+    ``peak_bytes``: the most bytes alive at once (activations, tensors saved for backward,
+    gradients); ``largest_bytes``: the largest single tensor. Tensors made before the block
+    (weights, inputs) and outputs that alias an input (in-place ops, views of inputs) are
+    not counted. Use: ``with AllocationTracker() as t: loss.backward()``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live_bytes = self.peak_bytes = self.largest_bytes = 0
+        self._storages: dict[int, list[int]] = {}  # data_ptr -> [live tensor refs, bytes]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._track(t, inputs)
+        return out
+
+    def _track(self, tensor: torch.Tensor, inputs: set[int]) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        entry = self._storages.get(key)
+        if entry is None:
+            if key in inputs or storage.nbytes() == 0:
+                return
+            entry = self._storages[key] = [0, storage.nbytes()]
+            self.live_bytes += entry[1]
+            self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            self.largest_bytes = max(self.largest_bytes, entry[1])
+        entry[0] += 1
+        weakref.finalize(tensor, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self._storages.get(key)
+        if entry is not None:
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.live_bytes -= entry[1]
+                del self._storages[key]

@@ -15,6 +15,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Pretrain
 from bench.errors import ConfigError
 
 TINY = "tiny"
+SMOLLM2 = "smollm2"
+BUILTIN_MODELS = (TINY, SMOLLM2)
 
 
 def tiny_config(vocab_size: int = 1024) -> LlamaConfig:
@@ -36,9 +38,13 @@ def tiny_config(vocab_size: int = 1024) -> LlamaConfig:
 
 
 def load_config(model: str) -> PretrainedConfig:
-    """``tiny``, a ``config.json`` path, or a model folder → a transformers config."""
+    """A built-in name, a ``config.json`` path, or a model folder → a transformers config."""
     if model == TINY:
         return tiny_config()
+    if model == SMOLLM2:
+        from bench.smollm2 import smollm2_config
+
+        return smollm2_config()
     path = Path(model)
     if path.is_file():
         try:
@@ -57,7 +63,8 @@ def load_config(model: str) -> PretrainedConfig:
             raise ConfigError(f"model folder {path} has no config.json")
         return AutoConfig.from_pretrained(str(path))
     raise ConfigError(
-        f"model '{model}' is neither 'tiny' nor an existing config.json or model folder"
+        f"model '{model}' is neither a built-in ({', '.join(BUILTIN_MODELS)}) nor an existing "
+        "config.json or model folder"
     )
 
 
@@ -69,7 +76,7 @@ def build_on_meta(config: PretrainedConfig) -> torch.nn.Module:
 
 def resolve_config(model: str) -> PretrainedConfig | None:
     """Like :func:`load_config`, plus hub names from the local cache; None if unavailable."""
-    if model == TINY or Path(model).exists():
+    if model in BUILTIN_MODELS or Path(model).exists():
         return load_config(model)
     try:
         return AutoConfig.from_pretrained(model, local_files_only=True)
@@ -78,12 +85,36 @@ def resolve_config(model: str) -> PretrainedConfig | None:
 
 
 def model_path(model: str, progress: bool = True) -> str:
-    """What ``from_pretrained`` loads for ``model``: the built-in tiny folder, a path, or a hub name."""
+    """What ``from_pretrained`` loads for ``model``: a built-in's cached folder, a path, or a hub name."""
     if model == TINY:
         from bench.pretrain import ensure_tiny_model
 
         return str(ensure_tiny_model(progress=progress))
+    if model == SMOLLM2:
+        from bench.smollm2 import ensure_smollm2
+
+        return str(ensure_smollm2(progress=progress))
     return model
+
+
+def model_source(model: str) -> dict:
+    """Where ``model``'s weights came from, for result records: name, folder, checksums."""
+    from bench.cache import sha256_file
+    from bench.smollm2 import SOURCE_FILE
+
+    path = Path(model_path(model, progress=False))
+    source: dict = {"name": model}
+    if not path.is_dir():  # a hub name: the local snapshot's revision is all we know cheaply
+        config = resolve_config(model)
+        source["revision"] = getattr(config, "_commit_hash", None)
+        return source
+    source["folder"] = str(path)
+    if (path / SOURCE_FILE).is_file():  # a converted built-in records its own provenance
+        source.update(json.loads((path / SOURCE_FILE).read_text()))
+    else:
+        for weights in sorted(path.glob("*.safetensors")):
+            source.setdefault("sha256", {})[weights.name] = sha256_file(weights)
+    return source
 
 
 def load_pretrained(model: str, dtype: str = "float32", device: str = "cpu"):

@@ -8,16 +8,11 @@ through the same ``from_pretrained`` path as a real model. Deterministic per see
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +20,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from bench.cache import build_once, cache_root
 from bench.corpus import generate_corpus, split_corpus
 from bench.models import tiny_config
 from bench.train import IGNORE_INDEX, Example, TrainConfig, train
@@ -55,46 +51,18 @@ class PretrainRecipe:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def cache_root() -> Path:
-    env = os.environ.get("LORABENCH_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorabench"
-
-
 def tiny_model_dir(recipe: PretrainRecipe = PretrainRecipe()) -> Path:
     return cache_root() / "models" / f"tiny-v{recipe.version}-{recipe.digest()}"
 
 
 def ensure_tiny_model(recipe: PretrainRecipe = PretrainRecipe(), progress: bool = True) -> Path:
     """The cached tiny model folder, building it first if absent (safe across processes)."""
-    folder = tiny_model_dir(recipe)
-    if (folder / INFO_FILE).is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(folder.with_suffix(".lock")):
-        if (folder / INFO_FILE).is_file():  # another process built it meanwhile
-            return folder
-        log.info("building the embedded base model 'tiny' in %s (once; a few minutes)", folder)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        try:
-            build_tiny_model(tmp, recipe, progress=progress)
-            if folder.exists():  # a half-written leftover without INFO_FILE
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)  # atomic: the folder is complete or absent
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-@contextmanager
-def _lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return build_once(
+        tiny_model_dir(recipe),
+        INFO_FILE,
+        lambda tmp: build_tiny_model(tmp, recipe, progress=progress),
+        "the embedded base model 'tiny' (a few minutes)",
+    )
 
 
 def train_tokenizer(lines: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.report_ablations import ablations_section
 from bench.report_claims import claims_section
 from bench.report_data import (
     BOOTSTRAP_RESAMPLES,
@@ -254,6 +255,8 @@ class _Report(ReportData):
             ("python", lambda r: r["env"]["python"]),
             ("platform", lambda r: r["env"]["platform"]),
         ]
+        if any("model" in (r.get("env") or {}) for r in self.records.runs):
+            bullets.insert(1, ("model source", lambda r: model_source_text(r["env"]["model"])))
         bullets += [(name, lambda r, n=name: r["env"]["versions"][n]) for name in versions]
         lines = ["## Setup", ""] + [f"- {name}: {self.values(get)}" for name, get in bullets]
         rows = []
@@ -318,8 +321,23 @@ class _Report(ReportData):
             self.setup(),
             self.failures(),
             claims_section(self),
+            ablations_section(self),
         )
         return "\n".join(line for section in sections for line in section).rstrip("\n") + "\n"
+
+
+def model_source_text(source: dict) -> str:
+    """Where the weights came from, with checksums (``env.model`` of a record)."""
+    if "source" in source:  # a built-in fetched and converted (bench.smollm2)
+        return (
+            f"{source['source']} ({source['file']}, sha256 {source['gguf_sha256'][:16]}…; "
+            f"converted safetensors sha256 {source['safetensors_sha256'][:16]}…)"
+        )
+    if source.get("sha256"):
+        return "; ".join(
+            f"{name} sha256 {digest[:16]}…" for name, digest in source["sha256"].items()
+        )
+    return f"{source['name']} (revision {source.get('revision') or 'unknown'})"
 
 
 # ---- entry point --------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def swept_fields(data: ReportData) -> dict[str, Series]:
     }
 
 
-def _point(data: ReportData, label: str) -> tuple[float, float | None, float]:
+def point_stats(data: ReportData, label: str) -> tuple[float, float | None, float]:
     mean, std = data.stat(label, "accuracy")
     params, _ = mean_std(
         data.ok.loc[data.ok["label"] == label, "trainable_params"].astype(float).tolist()
@@ -62,7 +62,7 @@ def sweep_section(data: ReportData) -> list[str]:
         rows = []
         for name, points in series.items():
             for value, label in points:
-                acc, std, params = _point(data, label)
+                acc, std, params = point_stats(data, label)
                 rows.append(
                     [name, str(value), f"{fmt(acc, '.2f')} ± {fmt(std, '.2f')}", f"{params:,.0f}"]
                 )
@@ -83,8 +83,9 @@ def write_sweep_plots(data: ReportData, out: Path, save: Any) -> None:
     for field, series in swept_fields(data).items():
         fig, (acc_ax, par_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
         for n, (name, points) in enumerate(series.items()):
-            xs = [str(v) for v, _ in points]
-            stats = [_point(data, label) for _, label in points]
+            numeric = all(isinstance(v, int | float) for v, _ in points)
+            xs = [v if numeric else str(v) for v, _ in points]  # numbers keep their spacing
+            stats = [point_stats(data, label) for _, label in points]
             acc_ax.errorbar(
                 xs,
                 [s[0] for s in stats],

@@ -57,6 +57,23 @@ def run_suite(
 ) -> SuiteOutcome:
     """Execute ``runs`` (each in a child process), skipping the ones already recorded."""
     out_dir = Path(out_dir)
+    todo, outcome = prepare(runs, out_dir, retry_failed)
+    bar = tqdm(
+        todo,
+        desc=f"suite {suite.settings.name}",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for run in bar:
+        bar.set_postfix_str(run.run_id)
+        record = spawn(run, suite, out_dir, command, progress)
+        finish(record, outcome, on_record)
+    return outcome
+
+
+def prepare(runs: list[RunSpec], out_dir: Path, retry_failed: bool) -> tuple[list, SuiteOutcome]:
+    """Build the base models, and split ``runs`` into those to execute and those recorded."""
     (out_dir / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     _prepare_base_model(runs)
     outcome = SuiteOutcome()
@@ -74,34 +91,27 @@ def run_suite(
             len(runs),
             out_dir,
         )
-    bar = tqdm(
-        todo,
-        desc=f"suite {suite.settings.name}",
-        unit="run",
-        disable=not progress,
-        dynamic_ncols=True,
+    return todo, outcome
+
+
+def finish(record: dict, outcome: SuiteOutcome, on_record: Callable[[dict], None] | None) -> None:
+    log.info(
+        "%s: %s%s",
+        record["run_id"],
+        record["status"],
+        f" ({record['error']})" if record["error"] else "",
     )
-    for run in bar:
-        bar.set_postfix_str(run.run_id)
-        record = _spawn(run, suite, out_dir, command, progress)
-        log.info(
-            "%s: %s%s",
-            run.run_id,
-            record["status"],
-            f" ({record['error']})" if record["error"] else "",
-        )
-        outcome.executed.append(record)
-        if on_record:
-            on_record(record)
-    return outcome
+    outcome.executed.append(record)
+    if on_record:
+        on_record(record)
 
 
 def _prepare_base_model(runs: list[RunSpec]) -> None:
-    """Build the embedded model once, here, so parallel or sequential workers only load it."""
-    if any(r.config["model"] == "tiny" for r in runs):
-        from bench.pretrain import ensure_tiny_model
+    """Build (or fetch and convert) built-in models once, here, so workers only load them."""
+    from bench.models import BUILTIN_MODELS, model_path
 
-        ensure_tiny_model()
+    for name in sorted({r.config["model"] for r in runs} & set(BUILTIN_MODELS)):
+        model_path(name)
 
 
 def _die_with_parent() -> None:
@@ -112,7 +122,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progress: bool) -> dict:
+def spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progress: bool) -> dict:
+    """Run ``run`` in a child process; its record (a crash record if it wrote none)."""
     path = record_path(out_dir, run)
     job = {
         "run_id": run.run_id,

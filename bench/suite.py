@@ -47,7 +47,9 @@ class EvalConfig:
 @dataclass
 class SuiteSettings:
     name: str = knob(None, "suite name (required)")
-    model: str = knob(None, "'tiny', a local model folder, or a Hugging Face hub name (required)")
+    model: str = knob(
+        None, "'tiny', 'smollm2', a local model folder, or a Hugging Face hub name (required)"
+    )
     description: str = knob("", "one line for reports")
     tasks: list[str] | str = knob("all", "lm-eval task names, or 'all' tasks found in tasks_dir")
     tasks_dir: str | None = knob(
@@ -278,16 +280,23 @@ def fit_budget(
     """
     spec = get_method(method)
     best = None
+    first_error: ConfigError | None = None
     for value in range(1, max_value + 1):
         try:
             candidate = dataclasses.replace(config, **{spec.size_knob: value})
-        except ConfigError:
+        except ConfigError as exc:
+            first_error = first_error or exc
             continue
         count = sum(spec.param_count(candidate, d_in, d_out) for d_in, d_out in shapes)
         if best is None or abs(count - budget) < abs(best[1] - budget):
             best = (candidate, count)
         if count > budget:
             break
+    if best is None and first_error is not None:
+        raise ConfigError(
+            f"method '{method}' cannot be fitted to param_budget (no valid "
+            f"{spec.size_knob}): {first_error}"
+        )
     if best is None or abs(best[1] - budget) > tolerance * budget:
         nearest = (
             f"nearest is {spec.size_knob}={getattr(best[0], spec.size_knob)} with {best[1]:,}"

@@ -37,6 +37,9 @@ def execute(job: dict) -> dict:
     record["started_at"] = _now()
     started = time.perf_counter()
     try:
+        from bench.models import model_source
+
+        record["env"]["model"] = model_source(config["model"])
         record["metrics"] = measure_run(
             config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"]
         )

@@ -4,4 +4,4 @@ Adding a method = one new module here (imported below) or in a third-party packa
 declares an entry point in the ``lorabench.methods`` group.
 """
 
-from methods import lora, melora, moe_lora, mor, mora  # noqa: F401  (registration side effect)
+from methods import lora, melora, moe_lora, mor, mora, peft_tuners  # noqa: F401  (registration)

@@ -15,6 +15,7 @@ VARIANTS = [
     ("mor", {"router": "mean"}),
     ("mor", {"router": "balanced"}),
     ("moe-lora", {"top_k": 1, "aux_loss_coef": 0.01}),
+    ("peft", {"peft_type": "HRA", "r": 4}),  # an orthogonal (Householder) tuner through peft
 ]
 CASES = [(m, {}) for m in available_methods()] + VARIANTS
 

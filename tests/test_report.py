@@ -372,3 +372,61 @@ def test_sweeps_get_a_table_and_a_plot_per_swept_field(tmp_path):
         "1,200",
     ]
     assert "![sweep over num_experts](sweep_num_experts.png)" in sweeps
+
+
+def test_ablation_section_sets_measured_shapes_beside_the_paper(tmp_path):
+    """Verdicts follow the measured shapes; the growth table equals METHODS.md's closed forms."""
+    runs = tmp_path / "abl" / "runs"
+    runs.mkdir(parents=True)
+    # Closed forms per layer for the records' targets (tiny: up_proj 128 → 384, 4 layers):
+    mor_params = lambda n: 4 * (4 * (128 + 384) + n * (4 + 384) + n * 128)  # noqa: E731
+    moe_params = lambda n: 4 * (n * 2 * (128 + 384) + n * 128)  # noqa: E731
+    points = [  # (group, method, field, value, correct per task, params, method_config)
+        *[("mor-N", "mor", "num_experts", n, c, mor_params(n), {"r": 4, "num_experts": n})
+          for n, c in ((2, 5), (4, 6), (8, 10), (12, 7))],
+        *[("moe-N", "moe-lora", "num_experts", n, 5, moe_params(n), {"r": 2, "num_experts": n})
+          for n in (2, 4, 8, 12)],
+        *[("mor-router", "mor", "router", v, c, mor_params(8), {"r": 4, "router": v})
+          for v, c in (("softmax", 5), ("mean", 10), ("balanced", 6))],
+    ]  # fmt: skip
+    for group, method, field, value, correct, params, config in points:
+        for seed in (0, 1):
+            label = f"{group}[{field}={value}]"
+            rec = record(label, seed, {"t_a": ones(correct), "t_b": ones(correct)}, rss=500.0,
+                         params=params, method=method)  # fmt: skip
+            rec["config"]["method_config"] = config
+            rec["config"]["sweep"] = {"group": group, "values": {field: value}}
+            rec["run_id"] = f"{group}-{value}-seed{seed}"
+            (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    write_report(tmp_path / "abl", tmp_path / "out", baseline="mor-N[num_experts=8]")
+    text = (tmp_path / "out" / "report.md").read_text()
+    section = text.split("## Against the paper's ablations")[1]
+    n_row = next(ln for ln in section.splitlines() if "| mor-N " in ln)
+    assert "2: 50.00 · 4: 60.00 · 8: 100.00 · 12: 70.00" in n_row
+    # decisive Δ: N=8 minus the best other value (12): 100 - 70 points, 12 discordant pairs
+    assert "+30.00" in n_row and "| agrees: the peak is at 8 " in n_row
+    router_row = next(ln for ln in section.splitlines() if "| mor-router " in ln)
+    assert "does not agree: measured order mean > balanced > softmax (significantly)" in router_row
+    assert "-50.00" in router_row  # softmax minus mean
+    assert "shared rank r = 32" not in section  # no r sweep, no row
+    growth = section.split("### Parameter growth with num_experts")[1]
+    assert row(growth, "8") == [
+        "8", f"{mor_params(8):,}", f"{mor_params(8):,}", f"{moe_params(8):,}",
+        f"{moe_params(8):,}", f"{100 * mor_params(8) / moe_params(8):.1f}",
+    ]  # fmt: skip
+    assert "Every measured count equals its closed form" in growth
+    assert "Verdict: agrees: mor grows more gently than moe-lora." in growth
+
+
+def test_committed_ablation_growth_table_equals_methods_md():
+    """reports/mor-ablation-tiny: MoR (r=8) and MoE-LoRA (r_e=2) on tiny's FFN, N = 2…16."""
+    text = (REPORTS / "mor-ablation-tiny" / "report.md").read_text()
+    growth = text.split("### Parameter growth with num_experts")[1]
+    ffn = [(128, 384), (128, 384), (384, 128)] * 4  # gate, up, down of 4 layers
+    for n in (2, 4, 8, 12, 16):
+        mor = sum(
+            8 * (i + o) + n * (8 + o) + n * i for i, o in ffn
+        )  # r(d_in+d_out)+N(r+d_out)+N d_in
+        moe = sum(n * 2 * (i + o) + n * i for i, o in ffn)  # N r_e (d_in+d_out) + N d_in
+        cells = row(growth, str(n))
+        assert cells[1:5] == [f"{mor:,}", f"{mor:,}", f"{moe:,}", f"{moe:,}"], n

@@ -177,6 +177,48 @@ def test_rerunning_a_suite_trains_nothing(smoke_records):
     assert again.executed == [] and len(again.skipped) == 4
 
 
+def test_ray_runs_give_the_same_records_and_resume(smoke_records, tmp_path):
+    """`--ray`: a local Ray instance with 2 CPU workers runs suites/smoke's runs; records match."""
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra lorabench[ray]")
+    from bench.ray_runner import run_suite_ray
+
+    suite, runs, _, local = smoke_records
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        first = run_suite_ray(suite, runs, tmp_path, progress=False)
+        again = run_suite_ray(suite, runs, tmp_path, progress=False)
+    finally:
+        ray.shutdown()
+    assert again.executed == [] and len(again.skipped) == len(runs)  # resumption as locally
+    reference = {r["run_id"]: r for r in local.executed}
+    assert sorted(r["run_id"] for r in first.executed) == sorted(reference)
+    for record in first.executed:
+        expected = reference[record["run_id"]]
+        on_disk = json.loads((tmp_path / "runs" / f"{record['run_id']}.json").read_text())
+        assert on_disk["config_hash"] == record["config_hash"] == expected["config_hash"]
+        assert record["status"] == "ok" and set(record) == set(expected)
+        assert set(record["metrics"]) == set(expected["metrics"])
+        assert record["env"]["torch_threads"] == expected["env"]["torch_threads"]
+        # same config, seed and threads: the same numbers as the local run
+        for key in ("trainable_params", "final_loss", "accuracy"):
+            assert record["metrics"].get(key) == expected["metrics"].get(key), key
+        assert (
+            record["metrics"]["eval"]["per_example"] == expected["metrics"]["eval"]["per_example"]
+        )
+
+
+def test_ray_flag_without_ray_is_a_one_line_error(monkeypatch, capsys):
+    from bench.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["run", str(SMOKE), "--ray"]) == 2
+    assert capsys.readouterr().err == (
+        "lorabench: error: --ray needs Ray, an optional extra: pip install 'lorabench[ray]'\n"
+    )
+    assert main(["run", str(SMOKE), "--address", "auto"]) == 2
+    assert "--address is the Ray cluster to run on; it needs --ray" in capsys.readouterr().err
+
+
 def test_same_seed_gives_the_same_loss_and_accuracy(smoke_records, tmp_path):
     suite, runs, out, outcome = smoke_records
     lora = next(r for r in runs if r.label == "lora")

@@ -1,0 +1,212 @@
+"""Any peft tuner that adapts ``nn.Linear`` layers, by type name: ``peft`` and its presets.
+
+``peft`` takes ``peft_type`` (a ``peft.PeftType`` name such as ``VERA``, ``IA3``, ``LOHA``,
+``LOKR``, ``OFT``, ``HRA``), the rank ``r`` when the type has one (the size knob a
+parameter budget tunes) and ``options`` (any other field of that type's peft config
+class). Each targeted ``nn.Linear`` is handed to peft (``get_peft_model`` on a one-layer
+module), so the layer maths, init and merge are peft's. Presets ``vera``, ``ia3``,
+``loha`` and ``lokr`` fix the type.
+
+What this does not cover, and why (the error message says it too):
+
+- prompt-learning types (prompt/prefix/p-tuning, adaption prompt, CPT, ...) add virtual
+  tokens or prefixes, not ``nn.Linear`` adapters;
+- types whose training needs a per-step hook or a model-level loss that the one shared
+  training driver does not run (AdaLoRA's rank allocator and orthogonality penalty);
+- types that need more than one layer, task ids or trained adapters to exist (X-LoRA,
+  Poly) or adapt other layer kinds (LayerNorm tuning, trainable tokens);
+- types whose trainable tensors are shared across layers (VB-LoRA's vector bank): injected
+  one layer at a time, each layer would get its own bank and the count would be wrong.
+
+VeRA's frozen random projections are per layer here (peft shares one pair across layers
+to save memory); the trainable vectors and their count are unaffected. (IA)^3 scales each
+layer's output (peft's ``feedforward_modules`` names no layer here, since the one layer
+is called ``layer``; ``options = {feedforward_modules = ["layer"]}`` scales inputs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+
+import torch
+from peft import PeftType, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+
+from bench.adapter import AdaptedLinear, knob
+from bench.errors import ConfigError
+from bench.registry import register_method
+
+UNSUPPORTED: dict[str, str] = {
+    "ADALORA": "its rank allocator (update_and_allocate each step) and orthogonality penalty "
+    "need hooks the shared training driver does not run",
+    "XLORA": "it mixes already-trained LoRA adapters through a classifier",
+    "POLY": "it routes by task ids that the harness's data does not carry",
+    "LN_TUNING": "it tunes LayerNorm layers; lorabench adapts nn.Linear layers",
+    "TRAINABLE_TOKENS": "it trains embedding rows; lorabench adapts nn.Linear layers",
+    "VBLORA": "its trainable vector bank is shared across layers; injected one layer at a time "
+    "each layer would get its own bank",
+}
+
+
+def peft_config_class(peft_type: str) -> type:
+    """The peft config class for a type name, or a ConfigError saying why it cannot be used."""
+    name = peft_type.upper().replace("-", "_")
+    if name in UNSUPPORTED:
+        raise ConfigError(f"peft.peft_type: {name} is not supported: {UNSUPPORTED[name]}")
+    try:
+        cls = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType[name]]
+    except KeyError:
+        known = sorted(t.value for t in PEFT_TYPE_TO_CONFIG_MAPPING if t.value not in UNSUPPORTED)
+        raise ConfigError(
+            f"peft.peft_type: expected a peft type name ({', '.join(known)}), got {peft_type!r}"
+        ) from None
+    if cls().is_prompt_learning:
+        raise ConfigError(
+            f"peft.peft_type: {name} is prompt learning (virtual tokens or prefixes), "
+            "not an nn.Linear adapter"
+        )
+    return cls
+
+
+@dataclass
+class PeftTunerConfig:
+    peft_type: str = knob(
+        "LORA", "peft type name: LORA, VERA, IA3, LOHA, LOKR, OFT, HRA, ... (peft.PeftType)"
+    )
+    r: int | None = knob(
+        None, "the type's rank field `r` (the budget's size knob); None = peft's default"
+    )
+    options: dict = knob({}, "other fields of the type's peft config, e.g. {alpha = 16}")
+
+    def __post_init__(self) -> None:
+        self.peft_config()  # every error surfaces when the config is built, not at injection
+
+    def peft_config(self):
+        """The peft config object this entry describes (target: the single wrapped layer)."""
+        cls = peft_config_class(self.peft_type)
+        names = {f.name for f in dataclasses.fields(cls)}
+        fields = dict(self.options)
+        for reserved in ("target_modules", "peft_type", "task_type"):
+            if reserved in fields:
+                raise ConfigError(f"peft.options.{reserved}: set by lorabench; remove it")
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise ConfigError(f"peft.options: {cls.__name__} has no field {', '.join(unknown)}")
+        if "feedforward_modules" in names:  # (IA)^3 requires it; [] = scale outputs
+            fields.setdefault("feedforward_modules", [])
+        if self.r is not None:
+            if "r" not in names:
+                raise ConfigError(f"peft.r: {cls.__name__} has no rank field r; leave r unset")
+            if self.r < 1:
+                raise ConfigError(f"peft.r: expected a positive integer, got {self.r}")
+            fields["r"] = self.r
+        try:
+            return cls(target_modules=[_Holder.TARGET], **fields)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"peft.options: {cls.__name__} rejected them: {exc}") from exc
+
+
+class _Holder(nn.Module):
+    """A one-layer module for peft's injection: the targeted linear, under a known name."""
+
+    TARGET = "layer"
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.layer = linear
+
+
+@register_method("peft", config=PeftTunerConfig, size_knob="r")
+class PeftTunerLinear(AdaptedLinear):
+    """One peft tuner layer around the frozen linear; peft's maths, init and merge."""
+
+    mergeable = True  # every supported type is linear in x; merge is peft's own
+
+    def __init__(self, base_layer: nn.Linear, config: PeftTunerConfig):
+        super().__init__(base_layer)
+        del self.base_layer  # peft's layer owns it; one registration (see `base_layer`)
+        holder = _Holder(base_layer)
+        # get_peft_model, not inject_adapter_in_model: types with tuner-held state (VeRA's
+        # projections) only inject through it. The wrapper is dropped; the layer keeps what
+        # it references.
+        get_peft_model(holder, config.peft_config())
+        if not isinstance(holder.layer, BaseTunerLayer):
+            raise ConfigError(
+                f"peft.peft_type: {config.peft_type} did not adapt the nn.Linear layer"
+            )
+        self.peft_layer = holder.layer
+        base_layer.requires_grad_(False)
+
+    @property
+    def base_layer(self) -> nn.Linear:  # type: ignore[override]
+        return self.peft_layer.get_base_layer()
+
+    @staticmethod
+    def param_count(config: PeftTunerConfig, d_in: int, d_out: int) -> int:
+        # peft has no closed forms to call: count a layer built on the meta device (no memory).
+        return _meta_count(_config_key(config), d_in, d_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.peft_layer(x)
+
+    def delta(self, x_dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # For the identity probe of delta_weight (dropout off): what peft adds to W0 x.
+        return self.peft_layer(x) - self.base_layer(x)
+
+    def merge(self) -> None:
+        self.peft_layer.merge()
+        self.merged = True
+
+    def unmerge(self) -> None:
+        self.peft_layer.unmerge()
+        self.merged = False
+
+
+def _config_key(config: PeftTunerConfig) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=4096)
+def _meta_count(key: str, d_in: int, d_out: int) -> int:
+    config = PeftTunerConfig(**json.loads(key))
+    try:
+        with torch.device("meta"):
+            layer = PeftTunerLinear(nn.Linear(d_in, d_out, bias=False), config)
+    except (RuntimeError, NotImplementedError):  # some inits read values (BOFT): build for real
+        layer = PeftTunerLinear(nn.Linear(d_in, d_out, bias=False), config)
+    return sum(p.numel() for p in layer.parameters() if p.requires_grad)
+
+
+def _preset(name: str, peft_type: str, r: int | None, about: str) -> None:
+    """Register ``name``: the ``peft`` plugin with ``peft_type`` fixed."""
+
+    def check_type(self) -> None:
+        if self.peft_type != peft_type:
+            raise ConfigError(
+                f"{name}.peft_type: fixed to {peft_type} by this preset; use method 'peft' "
+                f"for {self.peft_type}"
+            )
+        PeftTunerConfig.__post_init__(self)
+
+    preset = dataclasses.make_dataclass(
+        f"{name.capitalize()}Config",
+        [
+            ("peft_type", str, knob(peft_type, "peft type name (fixed by this preset)")),
+            ("r", int | None, knob(r, "the type's rank field r (the budget's size knob)")),
+            ("options", dict, knob({}, f"other fields of peft's {peft_type} config")),
+        ],
+        bases=(PeftTunerConfig,),
+        namespace={"__post_init__": check_type},
+    )
+    register_method(name, config=preset, size_knob="r", description=about)(PeftTunerLinear)
+
+
+_preset("vera", "VERA", 256, "VeRA (Kopiczko et al. 2024) through peft")
+_preset("ia3", "IA3", None, "(IA)^3 (Liu et al. 2022) through peft; no size knob")
+_preset("loha", "LOHA", 8, "LoHa (Hadamard product of low-rank pairs) through peft")
+_preset("lokr", "LOKR", 8, "LoKr (Kronecker product) through peft")
