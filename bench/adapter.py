@@ -133,3 +133,35 @@ class AdaptedLinear(nn.Module):
                 f"{type(self).__name__} is input-dependent (its Δ depends on a router), "
                 "so it cannot be merged into the base weight"
             )
+
+
+class PeftBackedLinear(AdaptedLinear):
+    """An adapted layer whose maths is a peft tuner layer wrapped around the frozen linear.
+
+    peft's layer owns the base layer; this keeps a single registration of it (see
+    ``base_layer``), so state dicts hold the frozen weight once. Forward, merge and unmerge
+    are peft's.
+    """
+
+    mergeable = True
+
+    def __init__(self, base_layer: nn.Linear, peft_layer: nn.Module):
+        super().__init__(base_layer)
+        del self.base_layer
+        self.peft_layer = peft_layer
+        base_layer.requires_grad_(False)
+
+    @property
+    def base_layer(self) -> nn.Linear:  # type: ignore[override]
+        return self.peft_layer.get_base_layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.peft_layer(x)
+
+    def merge(self) -> None:
+        self.peft_layer.merge()
+        self.merged = True
+
+    def unmerge(self) -> None:
+        self.peft_layer.unmerge()
+        self.merged = False

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.errors import LorabenchError, ModelSourceError
+
 log = logging.getLogger(__name__)
 
 
@@ -38,9 +40,17 @@ def build_once(folder: Path, marker: str, build: Callable[[Path], object], what:
         log.info("building %s in %s (once)", what, folder)
         tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
         try:
-            build(tmp)
+            try:
+                build(tmp)
+            except LorabenchError:
+                raise
+            except Exception as exc:  # one line for the user; the cause stays chained
+                raise ModelSourceError(
+                    f"building {what} failed ({type(exc).__name__}: {exc}); nothing was kept, "
+                    "the next run starts over"
+                ) from exc
             if not (tmp / marker).is_file():
-                raise RuntimeError(f"building {what} wrote no {marker}")
+                raise ModelSourceError(f"building {what} wrote no {marker}")
             if folder.exists():  # a leftover without the marker
                 shutil.rmtree(folder)
             os.replace(tmp, folder)  # atomic: the folder is complete or absent

@@ -228,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a suite (resumable: recorded runs are skipped)")
     p.add_argument("suite", help="suite file, e.g. suites/tiny.toml")
-    p.add_argument("--methods", help="comma-separated method labels to run (default: all)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated labels to run, or plugin names (all of their entries); default: all",
+    )
     p.add_argument(
         "--seeds", help="N (seeds 0..N-1) or a comma-separated list (default: the suite's)"
     )

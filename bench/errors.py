@@ -29,4 +29,4 @@ class AdapterFileError(LorabenchError, ValueError):
 
 
 class ModelSourceError(LorabenchError, RuntimeError):
-    """A built-in model could not be fetched, verified or converted."""
+    """A built-in model could not be fetched, verified, converted or built."""

@@ -120,10 +120,13 @@ def measure_layer(variant: str, shape: LayerShape, min_time: float) -> dict:
 
 def train_step_model(variant: str, seed: int = 0) -> tuple[Callable[[], None], int]:
     """A ``step()`` of the tiny model (frozen base or ``variant`` at the tiny budget), params."""
+    from transformers.utils import logging as hf_logging
+
     from bench.inject import collect_aux_loss, inject
     from bench.models import load_pretrained
     from bench.suite import target_shapes
 
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per variant is noise here
     model, _ = load_pretrained("tiny")
     model.train()
     targets = "gate_proj,up_proj,down_proj"

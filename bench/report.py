@@ -154,6 +154,11 @@ class _Report(ReportData):
             "- Bold: best value per column among adapted methods (base excluded); trainable "
             "parameters are not marked (they are the budget).",
         ]
+        if self.labels and all(len(self.ok_runs[lb]) <= 1 for lb in self.labels):
+            lines.append(
+                "- One seed per method: no ± and no seed-to-seed variance; the CI covers the "
+                "sampling of test examples only. Re-run with `--seeds 3` before trusting a Δ."
+            )
         if not self.ok_runs.get(self.baseline):
             lines.append(f"- Baseline `{self.baseline}` has no ok run in these records: Δ is n/a.")
         if any(delta.endswith("†") for delta in deltas):

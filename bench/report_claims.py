@@ -56,11 +56,23 @@ def claims_section(data: ReportData) -> list[str]:
         "",
         f"Measured ordering by macro accuracy %: {ordering or NA}.",
         "",
-        "Caveat: a ~1M-parameter model trained on synthetic tasks cannot confirm or refute "
-        "claims made for 7B models on real benchmarks; agreement or disagreement here is "
-        "evidence about this setting only.",
+        f"Caveat: {_setting(data)} cannot confirm or refute claims made for 7B models on real "
+        "benchmarks; agreement or disagreement here is evidence about this setting only.",
         "",
     ]
+
+
+def _setting(data: ReportData) -> str:
+    """E.g. "a 0.92M-parameter model (tiny) on the embedded synthetic tasks"."""
+    sizes = {r["metrics"].get("base_params") for r in data.records.runs if r.get("status") == "ok"}
+    models = sorted({str((r.get("config") or {}).get("model")) for r in data.records.runs})
+    size = f"{max(sizes) / 1e6:.2f}M-parameter" if sizes and None not in sizes else "small"
+    tasks = (
+        "the embedded synthetic tasks"
+        if data.tasks and all(t.startswith("lb_") for t in data.tasks)
+        else "these tasks"
+    )
+    return f"a {size} model ({', '.join(models)}) on {tasks}"
 
 
 def _claim_row(

@@ -330,7 +330,11 @@ def plan(
             raise ConfigError(
                 f"--methods: '{missing[0]}' is not in suite {s.name}; it has: {', '.join(m.label for m in entries)}"
             )
-        entries = [m for m in entries if m.label in methods or m.name in methods]
+        # a label selects itself; a plugin name that is no label selects all its entries (sweeps)
+        labels = {m.label for m in entries}
+        entries = [
+            m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
+        ]
     seeds = list(seeds) if seeds else list(s.seeds)
     try:
         shapes = target_shapes(s.model, s.targets)

@@ -14,7 +14,7 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
 from bench.adapter import (
-    AdaptedLinear,
+    PeftBackedLinear,
     check_config,
     knob,
     positive_int,
@@ -41,16 +41,10 @@ class LoRAConfig:
 
 
 @register_method("lora", config=LoRAConfig, size_knob="r")
-class LoRALinear(AdaptedLinear):
+class LoRALinear(PeftBackedLinear):
     """LoRA through peft's lora.Linear: Δ(x) = s·B A drop(x), r(d_in + d_out) params."""
 
-    mergeable = True
-
     def __init__(self, base_layer: nn.Linear, config: LoRAConfig):
-        super().__init__(base_layer)
-        # peft's layer owns the base layer; keep a single registration of it (see the
-        # `base_layer` property) so state dicts hold the frozen weight once.
-        del self.base_layer
         alpha = resolve_alpha(config.alpha, config.r)
         peft_config = PeftLoraConfig(
             r=config.r,
@@ -59,21 +53,14 @@ class LoRALinear(AdaptedLinear):
             use_rslora=config.use_rslora,
             use_dora=config.use_dora,
         )
-        self.peft_layer = PeftLoraLinear(
+        peft_layer = PeftLoraLinear(
             base_layer, "default", config=peft_config, r=config.r, lora_alpha=alpha
         )
-        base_layer.requires_grad_(False)
-
-    @property
-    def base_layer(self) -> nn.Linear:  # type: ignore[override]
-        return self.peft_layer.base_layer
+        super().__init__(base_layer, peft_layer)
 
     @staticmethod
     def param_count(config: LoRAConfig, d_in: int, d_out: int) -> int:
         return config.r * (d_in + d_out) + (d_out if config.use_dora else 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.peft_layer(x)
 
     def delta_weight(self) -> torch.Tensor:
         variant = self.peft_layer.lora_variant.get("default")  # DoRA: a weight-dependent merge
@@ -81,11 +68,3 @@ class LoRALinear(AdaptedLinear):
             return self.peft_layer.get_delta_weight("default")
         w0 = self.base_layer.weight.detach()
         return variant.merge_safe(self.peft_layer, "default", w0.clone()) - w0
-
-    def merge(self) -> None:
-        self.peft_layer.merge()
-        self.merged = True
-
-    def unmerge(self) -> None:
-        self.peft_layer.unmerge()
-        self.merged = False

@@ -37,7 +37,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from bench.adapter import AdaptedLinear, knob
+from bench.adapter import PeftBackedLinear, knob
 from bench.errors import ConfigError
 from bench.registry import register_method
 
@@ -122,14 +122,10 @@ class _Holder(nn.Module):
 
 
 @register_method("peft", config=PeftTunerConfig, size_knob="r")
-class PeftTunerLinear(AdaptedLinear):
+class PeftTunerLinear(PeftBackedLinear):
     """One peft tuner layer around the frozen linear; peft's maths, init and merge."""
 
-    mergeable = True  # every supported type is linear in x; merge is peft's own
-
     def __init__(self, base_layer: nn.Linear, config: PeftTunerConfig):
-        super().__init__(base_layer)
-        del self.base_layer  # peft's layer owns it; one registration (see `base_layer`)
         holder = _Holder(base_layer)
         # get_peft_model, not inject_adapter_in_model: types with tuner-held state (VeRA's
         # projections) only inject through it. The wrapper is dropped; the layer keeps what
@@ -139,32 +135,16 @@ class PeftTunerLinear(AdaptedLinear):
             raise ConfigError(
                 f"peft.peft_type: {config.peft_type} did not adapt the nn.Linear layer"
             )
-        self.peft_layer = holder.layer
-        base_layer.requires_grad_(False)
-
-    @property
-    def base_layer(self) -> nn.Linear:  # type: ignore[override]
-        return self.peft_layer.get_base_layer()
+        super().__init__(base_layer, holder.layer)  # every supported type is linear in x
 
     @staticmethod
     def param_count(config: PeftTunerConfig, d_in: int, d_out: int) -> int:
         # peft has no closed forms to call: count a layer built on the meta device (no memory).
         return _meta_count(_config_key(config), d_in, d_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.peft_layer(x)
-
     def delta(self, x_dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # For the identity probe of delta_weight (dropout off): what peft adds to W0 x.
         return self.peft_layer(x) - self.base_layer(x)
-
-    def merge(self) -> None:
-        self.peft_layer.merge()
-        self.merged = True
-
-    def unmerge(self) -> None:
-        self.peft_layer.unmerge()
-        self.merged = False
 
 
 def _config_key(config: PeftTunerConfig) -> str:

@@ -88,7 +88,10 @@ def test_list_shows_methods_fields_defaults_and_knob(capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--method", "nope"], "unknown method 'nope'; known methods: lora, melora, moe-lora"),
+        (
+            ["--method", "nope"],
+            "unknown method 'nope'; known methods: ia3, loha, lokr, lora, melora",
+        ),
         (["--method", "lora", "--set", "rank=4"], "method 'lora' has no config field 'rank'"),
         (["--method", "lora", "--set", "r=four"], "lora.r: expected an integer, got 'four'"),
         (
@@ -98,7 +101,7 @@ def test_list_shows_methods_fields_defaults_and_knob(capsys):
         (["--method", "lora", "--targets", "c_attn"], "target 'c_attn' matched no module"),
         (
             ["--method", "lora", "--model", "no/such/model"],
-            "model 'no/such/model' is neither 'tiny'",
+            "model 'no/such/model' is neither a built-in (tiny, smollm2)",
         ),
     ],
 )

@@ -32,7 +32,9 @@ def test_presets_share_a_layer_with_different_defaults():
 def test_unknown_method_lists_known_ones():
     with pytest.raises(UnknownMethodError) as err:
         get_method("dora2")
-    assert str(err.value).startswith("unknown method 'dora2'; known methods: lora, melora")
+    assert str(err.value).startswith(
+        "unknown method 'dora2'; known methods: ia3, loha, lokr, lora, melora"
+    )
 
 
 @pytest.mark.parametrize(

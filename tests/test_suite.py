@@ -91,7 +91,8 @@ def test_missing_required_fields_and_unknown_method(tmp_path):
         )
     text = '[suite]\nname = "x"\nmodel = "tiny"\n[[methods]]\nname = "lorra"\n'
     with pytest.raises(
-        ConfigError, match="unknown method 'lorra'; known: base, full, lora, melora"
+        ConfigError,
+        match="unknown method 'lorra'; known: base, full, ia3, loha, lokr, lora, melora",
     ):
         load_suite(write_suite(tmp_path, text=text))
     with pytest.raises(ConfigError, match="cannot read suite file"):
@@ -144,7 +145,7 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
     runs = plan(suite)
     labels = [r.label for r in runs]
     assert labels.count("base") == 1  # base does not depend on the seed
-    assert labels.count("mor") == 3 and len(runs) == 1 + 7 * 3
+    assert labels.count("mor") == labels.count("dora") == 3 and len(runs) == 1 + 8 * 3
     again = plan(load_suite(SUITES / "tiny.toml"))
     assert [r.run_id for r in runs] == [r.run_id for r in again]
     mor = next(r for r in runs if r.label == "mor")
@@ -159,12 +160,14 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
     assert full.config["train"]["lr"] == 1e-3 and mor.config["train"]["lr"] == 3e-3
     subset = plan(suite, methods=["lora"], seeds=[5], device="cuda")
     assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, "cuda")]
-    with pytest.raises(ConfigError, match="--methods: 'dora' is not in suite tiny"):
-        plan(suite, methods=["dora"])
+    assert {r.label for r in plan(suite, methods=["dora"])} == {"dora"}
+    with pytest.raises(ConfigError, match="--methods: 'vera' is not in suite tiny"):
+        plan(suite, methods=["vera"])
 
 
 @pytest.mark.parametrize(
-    "name", ["smoke", "tiny", "mor-paper", "commonsense", "mor-ablation-tiny", "mor-ablation"]
+    "name",
+    ["smoke", "tiny", "mor-paper", "commonsense", "mor-ablation-tiny", "mor-ablation", "smollm2"],
 )
 def test_shipped_suites_parse_and_plan(name):
     suite = load_suite(SUITES / f"{name}.toml")
