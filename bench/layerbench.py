@@ -11,8 +11,9 @@ Two benchmarks, each reported as ratios to a reference measured in the same proc
   at the tiny suite's budget, against the *frozen-base step*: the same forward and backward
   with only the input embeddings requiring grad, i.e. the backprop every adapter pays for.
 
-Timings are medians of ``torch.utils.benchmark`` blocked measurements, interleaved over
-rounds so that drift of a shared machine hits every variant alike.
+Timings are medians of ``torch.utils.benchmark`` blocked measurements after two warm-up
+calls, interleaved over rounds in a rotating order so that drift of the machine and
+position effects hit every variant alike.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class LayerShape:
 
 def median_ms(fn: Callable[[], object], min_time: float) -> float:
     """Median milliseconds of ``fn()`` over blocked runs lasting at least ``min_time`` s."""
+    for _ in range(2):  # warm-up: allocator, thread pool, lazy inits
+        fn()
     timer = Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_time).median * 1000
 
@@ -159,8 +162,8 @@ def train_step_model(variant: str, seed: int = 0) -> tuple[Callable[[], None], i
 def run_benchmarks(
     shape: LayerShape = LayerShape(),
     methods: tuple[str, ...] = LAYER_METHODS,
-    rounds: int = 3,
-    min_time: float = 0.3,
+    rounds: int = 5,
+    min_time: float = 0.5,
     model_step: bool = True,
     progress: bool = True,
 ) -> dict:
@@ -172,8 +175,9 @@ def run_benchmarks(
     step_runs: dict[str, list[float]] = {v: [] for v in step_variants}
     total = rounds * (len(variants) + len(step_variants))
     with tqdm(total=total, desc="bench-layers", unit="variant", disable=not progress) as bar:
-        for _ in range(rounds):
-            for variant in variants:
+        for round_ in range(rounds):
+            shift = round_ % len(variants)  # rotate the order: no variant always runs first
+            for variant in variants[shift:] + variants[:shift]:
                 bar.set_postfix_str(f"layer {variant}")
                 layer_runs[variant].append(measure_layer(variant, shape, min_time))
                 bar.update()
