@@ -60,7 +60,10 @@ class MethodSpec:
         hints = typing.get_type_hints(self.config_cls)
         out = []
         for f in dataclasses.fields(self.config_cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
+            if f.default_factory is not dataclasses.MISSING:  # list/dict knobs
+                default = f.default_factory()
+            else:
+                default = f.default if f.default is not dataclasses.MISSING else None
             out.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
         return out
 
@@ -203,6 +206,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if isinstance(value, str) and (tp is dict or origin in (dict, list)):
+        value = _parse_inline(value)  # from --set: a TOML inline table/array, or JSON
     if origin is list:
         (item_type,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
@@ -247,6 +252,21 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     return value  # unannotated or exotic types: accept as given
+
+
+def _parse_inline(text: str) -> Any:
+    """``{alpha = 4}`` / ``[1, 2]`` (TOML, as in suite files) or JSON; the text if neither."""
+    import json
+    import tomllib
+
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _type_name(tp: Any) -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from bench.adapter import check_config, knob, positive_int
 from bench.errors import ConfigError, LorabenchError, UnknownMethodError

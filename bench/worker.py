@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ log = logging.getLogger("bench.worker")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def execute(job: dict) -> dict:

@@ -1,5 +1,7 @@
 """The generic `peft` plugin: peft's numbers, its presets, and clear refusals."""
 
+import json
+
 import pytest
 import torch
 
@@ -95,3 +97,15 @@ def test_unsupported_types_and_bad_options_get_one_line_errors(method, config, m
     with pytest.raises(ConfigError, match=message) as info:
         build_config(get_method(method), config)
     assert "\n" not in str(info.value)
+
+
+def test_cli_takes_peft_options_as_an_inline_table(capsys):
+    from bench.cli import main
+
+    argv = ["params", "--method", "loha", "--set", "options={alpha = 4}", "--targets", "down_proj"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["options"] == {"alpha": 4}
+    assert result["trainable_params"] == 4 * 2 * 8 * (384 + 128)  # tiny: 4 down_proj, r=8
+    assert main(["params", "--method", "loha", "--set", "options=oops"]) == 2
+    assert "loha.options: expected a table, got 'oops'" in capsys.readouterr().err
