@@ -17,12 +17,13 @@ each measured count against the plugin's closed form (METHODS.md).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from bench.errors import LorabenchError
 from bench.report_claims import SIGNIFICANCE
-from bench.report_data import NA, ReportData, compare, fmt, md_table
+from bench.report_data import NA, ReportData, compare, fmt, fmt_comparison, md_table
 from bench.report_sweeps import point_stats, swept_fields
 
 
@@ -110,30 +111,18 @@ def _shape_row(data: ReportData, ablation, name: str, points: list[tuple[Any, st
         return [ablation.claim, name, shape, NA, NA, NA, f"not testable ({claimed} not swept)"]
     rival = max((v for v in accuracy if v != claimed), key=lambda v: (accuracy[v], str(v)))
     result = compare(data.ok_runs[labels[rival]], data.ok_runs[labels[claimed]])
-    cells = _comparison_cells(result)
+    shape_holds = accuracy[claimed] > accuracy[rival]
     if isinstance(ablation, Optimum):
-        shape_holds = accuracy[claimed] > accuracy[rival]
         measured = f"the peak is at {claimed if shape_holds else rival}"
         if shape_holds and claimed == max(labels):
             measured += (
                 f"; values above {claimed} were not swept, so the decline beyond is untested"
             )
     else:
-        shape_holds = accuracy[claimed] > accuracy[rival]
         order = sorted(accuracy, key=lambda v: (-accuracy[v], str(v)))
         measured = "measured order " + " > ".join(str(v) for v in order)
+    cells = fmt_comparison(result)  # the claims section's cells (with its † marker)
     return [ablation.claim, name, shape, *cells, _verdict(shape_holds, result, measured)]
-
-
-def _comparison_cells(result) -> list[str]:
-    if result is None:
-        return [NA, NA, NA]
-    p = result.p_value
-    return [
-        f"{result.delta_points:+.2f}",
-        f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]",
-        f"{p:.3f}" if p >= 0.001 else f"{p:.1e}",
-    ]
 
 
 def _verdict(shape_holds: bool, result, measured: str) -> str:
@@ -210,10 +199,8 @@ def _slope(counts: dict[Any, float]) -> float:
     points = [(float(v), c) for v, c in counts.items() if math.isfinite(c)]
     if len(points) < 2:
         return math.nan
-    mx = sum(x for x, _ in points) / len(points)
-    my = sum(y for _, y in points) / len(points)
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx
+    xs, ys = zip(*points, strict=True)
+    return statistics.linear_regression(xs, ys).slope
 
 
 def closed_form(data: ReportData, label: str) -> int | None:
