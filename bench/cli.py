@@ -1,6 +1,6 @@
 """The `lorabench` command line. The only module that parses arguments and prints.
 
-Library errors (:class:`bench.errors.LorabenchError`) become one-line messages and exit
+Library errors (:class:`lorabench.errors.LorabenchError`) become one-line messages and exit
 status 2.
 """
 
@@ -11,13 +11,13 @@ import json
 import logging
 import sys
 
-from bench.errors import LorabenchError
+from lorabench.errors import LorabenchError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from bench.registry import available_methods, get_method
+    from lorabench.api.registry import available_methods, get_method
 
     if args.json:
         out = {}
@@ -42,9 +42,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from bench.inject import count_parameters, formula_parameters, inject
-    from bench.models import build_on_meta, load_config
-    from bench.registry import build_config, get_method, parse_assignments
+    from lorabench.api.inject import count_parameters, formula_parameters, inject
+    from lorabench.api.registry import build_config, get_method, parse_assignments
+    from lorabench.models.zoo import build_on_meta, load_config
 
     spec = get_method(args.method)
     config = build_config(spec, parse_assignments(args.set or []))
@@ -77,7 +77,7 @@ def _parse_seeds(text: str | None) -> list[int] | None:
     """``3`` → seeds 0, 1, 2; ``0,5,7`` → those seeds."""
     if text is None:
         return None
-    from bench.errors import ConfigError
+    from lorabench.errors import ConfigError
 
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -97,16 +97,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
-    from bench.errors import ConfigError
-    from bench.runner import run_suite
-    from bench.suite import load_suite, plan
+    from lorabench.errors import ConfigError
+    from lorabench.run.launch import make_launcher
+    from lorabench.run.suite import load_suite, plan
 
     if args.address and not args.ray:
         raise ConfigError("--address is the Ray cluster to run on; it needs --ray")
-    if args.ray:
-        from bench.ray_runner import import_ray
-
-        import_ray()  # a one-line error now, before planning, when Ray is not installed
+    launcher = make_launcher(ray=args.ray, address=args.address)
     suite = load_suite(args.suite)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     runs = plan(suite, methods=methods, seeds=_parse_seeds(args.seeds), device=args.device)
@@ -119,12 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     command = "lorabench " + " ".join(args.argv)
     options = dict(retry_failed=args.retry_failed, command=command, progress=not args.no_progress)
-    if args.ray:
-        from bench.ray_runner import run_suite_ray
-
-        outcome = run_suite_ray(suite, runs, out, address=args.address, **options)
-    else:
-        outcome = run_suite(suite, runs, out, **options)
+    outcome = launcher.run(suite, runs, out, **options)
     rows = []
     for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"])):
         m = r.get("metrics", {})
@@ -150,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.report import write_report
+    from lorabench.report.document import write_report
 
     out = Path(args.out) if args.out else Path(args.results) / "report"
     written = write_report(Path(args.results), out, baseline=args.baseline)
@@ -162,7 +154,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_make_tasks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.tasks import load_split, write_tasks
+    from lorabench.tasks.synthetic import load_split, write_tasks
 
     for task in write_tasks(args.out, args.seed):
         train, test = (len(load_split(args.out, task, split)) for split in ("train", "test"))
@@ -173,10 +165,10 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
 def cmd_bench_layers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bench.errors import ConfigError
-    from bench.layerbench import LAYER_METHODS, LayerShape, render, run_benchmarks
-    from bench.records import environment, write_json_atomic
-    from bench.registry import get_method
+    from lorabench.api.registry import get_method
+    from lorabench.errors import ConfigError
+    from lorabench.perf.layers import LAYER_METHODS, LayerShape, render, run_benchmarks
+    from lorabench.records import environment, write_json_atomic
 
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else LAYER_METHODS
     for method in methods:

@@ -1,47 +1,169 @@
 """Result records: one JSON file per run, written atomically, never half-written.
 
 A record carries the full resolved run config and its hash, the environment, the status
-(``ok`` / ``failed`` / ``oom`` / ``nan``) with the error text, and the metrics.
+(``ok`` / ``failed`` / ``oom`` / ``nan`` / ``killed``) with the error text, and the metrics.
+:class:`Record` and :class:`RunConfig` are the typed form that the worker writes and the
+report reads; ``schema/record.schema.json`` is the same contract as a JSON Schema and
+``docs/records.md`` documents it field by field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "oom", "nan")
-RECORD_KEYS = (
-    "schema", "run_id", "suite", "label", "method", "seed", "config", "config_hash",
-    "status", "error", "env", "metrics", "started_at", "finished_at", "command",
-)  # fmt: skip
+SCHEMA_VERSION = 2  # 2: the key "schema" became "schema_version"; records became typed
+STATUSES = ("ok", "failed", "oom", "nan", "killed")
+SCHEMA_FILE = Path(__file__).parent / "schema" / "record.schema.json"
+
+
+class RecordError(ValueError):
+    """A record file that is not a valid record (the message says which field and why)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that decides a run's result; its canonical JSON hash names the run."""
+
+    suite: str
+    label: str
+    method: str
+    seed: int
+    model: str
+    tasks: str | list[str]
+    tasks_dir: str
+    train_data: Any
+    targets: list[str]
+    method_config: dict[str, Any]
+    budget: dict[str, Any] | None
+    train: dict[str, Any]
+    eval: dict[str, Any]
+    device: str
+    dtype: str
+    chat_template: bool
+    inject_fault: str | None
+    sweep: dict[str, Any] | None = None  # only on sweep points (absent otherwise)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["sweep"] is None:  # absent, so older configs keep their hash
+            del out["sweep"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "config") -> RunConfig:
+        return cls(**_fields_of(cls, raw, where))
+
+
+@dataclass
+class Record:
+    """One run's result record: identity, full config and hash, environment, status, metrics.
+
+    ``metrics`` holds what the worker measured (documented key by key in docs/records.md
+    and checked by the JSON Schema); a failed run's metrics may be nearly empty.
+    """
+
+    run_id: str
+    suite: str
+    label: str
+    method: str
+    seed: int
+    config: RunConfig
+    config_hash: str
+    status: str
+    error: str | None
+    env: dict[str, Any]
+    metrics: dict[str, Any]
+    started_at: str | None
+    finished_at: str | None
+    command: str | None
+    schema_version: int = SCHEMA_VERSION
+    traceback: str | None = None  # a failed worker's last frames
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise RecordError(f"status: expected one of {', '.join(STATUSES)}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.to_dict()
+        if out["traceback"] is None:
+            del out["traceback"]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Record:
+        """A record from its JSON object, migrating older schema versions; RecordError if invalid."""
+        raw = migrate(raw)
+        fields = _fields_of(cls, raw, "record")
+        fields["config"] = RunConfig.from_dict(fields["config"])
+        for key in ("env", "metrics"):
+            if not isinstance(fields[key], dict):
+                raise RecordError(f"{key}: expected an object, got {type(fields[key]).__name__}")
+        return cls(**fields)
+
+
+RECORD_KEYS = tuple(f.name for f in dataclasses.fields(Record) if f.name != "traceback")
+
+
+def migrate(raw: Any) -> dict:
+    """The JSON object of a record in the current schema (version 1 → 2: key renamed)."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"expected a JSON object, got {type(raw).__name__}")
+    if "schema_version" not in raw and raw.get("schema") == 1:
+        raw = {k: v for k, v in raw.items() if k != "schema"} | {"schema_version": SCHEMA_VERSION}
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise RecordError(f"schema_version: expected {SCHEMA_VERSION} (or 1), got {version!r}")
+    return raw
+
+
+def _fields_of(cls: type, raw: Any, where: str) -> dict[str, Any]:
+    """``raw``'s values for ``cls``'s fields: required ones present, no unknown key."""
+    if not isinstance(raw, dict):
+        raise RecordError(f"{where}: expected an object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise RecordError(f"{where}: unknown field(s) {', '.join(unknown)}")
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise RecordError(f"{where}: missing field(s) {', '.join(missing)}")
+    return dict(raw)
 
 
 def new_record(run_id: str, config: dict, command: str | None) -> dict:
     """The record of a run before it has a result: status ``failed`` until it says otherwise."""
-    return {
-        "schema": SCHEMA_VERSION,
-        "run_id": run_id,
-        "suite": config["suite"],
-        "label": config["label"],
-        "method": config["method"],
-        "seed": config["seed"],
-        "config": config,
-        "config_hash": config_hash(config),
-        "status": "failed",
-        "error": None,
-        "env": environment(config["device"]),
-        "metrics": {},
-        "started_at": None,
-        "finished_at": None,
-        "command": command,
-    }
+    record = Record(
+        run_id=run_id,
+        suite=config["suite"],
+        label=config["label"],
+        method=config["method"],
+        seed=config["seed"],
+        config=RunConfig.from_dict(config),
+        config_hash=config_hash(config),
+        status="failed",
+        error=None,
+        env=environment(config["device"]),
+        metrics={},
+        started_at=None,
+        finished_at=None,
+        command=command,
+    )
+    return record.to_dict()
 
 
 def canonical_json(obj: Any) -> str:
@@ -69,12 +191,26 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def read_record(path: Path) -> dict | None:
-    """The record at ``path``, or None if it is absent or unreadable."""
+    """The record at ``path`` in the current schema, or None if it is absent or invalid."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return load_record(path)
+    except RecordError:
         return None
-    return record if isinstance(record, dict) and record.get("status") in STATUSES else None
+
+
+def load_record(path: Path) -> dict:
+    """The record at ``path``, validated through :class:`Record` and migrated to the current
+    schema, as its JSON object. RecordError (naming the file and the field) otherwise."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise RecordError(f"{path.name}: cannot read ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise RecordError(f"{path.name}: not JSON ({exc})") from exc
+    try:
+        return Record.from_dict(raw).to_dict()
+    except (RecordError, TypeError) as exc:
+        raise RecordError(f"{path.name}: {exc}") from exc
 
 
 def environment(device: str) -> dict:

@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bench.adapter import check_config, knob, positive_int
-from bench.inject import collect_aux_loss
+from lorabench.api.inject import collect_aux_loss
+from lorabench.api.layer import check_config, knob, positive_int
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (prompt and padding)
 

@@ -8,7 +8,8 @@ the statistics (``--benchmark-save``/``--benchmark-compare`` to track them over 
 import pytest
 import torch
 
-from bench.layerbench import (
+from lorabench.api.registry import get_method
+from lorabench.perf.layers import (
     BASE,
     LAYER_METHODS,
     PEFT_LORA,
@@ -17,8 +18,7 @@ from bench.layerbench import (
     perturb,
     train_step_model,
 )
-from bench.measure import MB, AllocationTracker
-from bench.registry import get_method
+from lorabench.run.measure import MB, AllocationTracker
 
 SHAPE = LayerShape()  # d_in 1024, d_out 2816, 2048 tokens, fp32
 LAYERS = [BASE, PEFT_LORA, *LAYER_METHODS]

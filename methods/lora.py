@@ -13,15 +13,15 @@ from peft import LoraConfig as PeftLoraConfig
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
-from bench.adapter import (
+from lorabench.api import (
     PeftBackedLinear,
     check_config,
     knob,
     positive_int,
     probability,
+    register_method,
     resolve_alpha,
 )
-from bench.registry import register_method
 
 
 @dataclass

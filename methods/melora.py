@@ -12,17 +12,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.adapter import (
+from lorabench.api import (
     AdaptedLinear,
+    ConfigError,
     check_config,
     kaiming_uniform_,
     knob,
     lora_scale,
     positive_int,
     probability,
+    register_method,
 )
-from bench.errors import ConfigError
-from bench.registry import register_method
 
 
 @dataclass

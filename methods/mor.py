@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import (
+from lorabench.api import (
     AdaptedLinear,
+    RoutedLinear,
+    Router,
     check_config,
     kaiming_uniform_,
     knob,
@@ -26,9 +28,8 @@ from bench.adapter import (
     non_negative,
     positive_int,
     probability,
+    register_method,
 )
-from bench.registry import register_method
-from bench.routing import RoutedLinear, Router
 
 
 @dataclass

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from bench.adapter import AdaptedLinear, check_config, knob, positive_int, probability
-from bench.registry import register_method
+from lorabench.api import (
+    AdaptedLinear,
+    check_config,
+    knob,
+    positive_int,
+    probability,
+    register_method,
+)
 
 
 @dataclass

@@ -37,9 +37,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
-from bench.adapter import PeftBackedLinear, knob
-from bench.errors import ConfigError
-from bench.registry import register_method
+from lorabench.api import ConfigError, PeftBackedLinear, knob, register_method
 
 UNSUPPORTED: dict[str, str] = {
     "ADALORA": "its rank allocator (update_and_allocate each step) and orthogonality penalty "

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
+from lorabench.cli import main
 
 LLAMA_7B = str(Path(__file__).parent / "data" / "llama-2-7b-config.json")
 FFN = "gate_proj,up_proj,down_proj"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench import conformance
-from bench.registry import available_methods
+from lorabench.api import conformance
+from lorabench.api.registry import available_methods
 
 # Variants whose code paths differ from the registered defaults.
 VARIANTS = [

@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from bench.conformance import tiny_model, toy_batch
-from bench.errors import AdapterFileError, MergeError, TargetError
-from bench.inject import (
+from lorabench.api.conformance import tiny_model, toy_batch
+from lorabench.api.inject import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     adapted_layers,
@@ -18,6 +17,7 @@ from bench.inject import (
     merge_adapters,
     save_adapter,
 )
+from lorabench.errors import AdapterFileError, MergeError, TargetError
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from bench.adapter import lora_scale
-from bench.conformance import tiny_model, toy_batch, train_steps
-from bench.inject import adapted_layers, collect_aux_loss, inject
-from bench.registry import build_config, get_method
-from bench.routing import Router, load_balance_loss
-from methods.mora import square_rank
+from lorabench.api.conformance import tiny_model, toy_batch, train_steps
+from lorabench.api.inject import adapted_layers, collect_aux_loss, inject
+from lorabench.api.layer import lora_scale
+from lorabench.api.registry import build_config, get_method
+from lorabench.api.routing import Router, load_balance_loss
+from lorabench.methods.mora import square_rank
 
 
 def _layer(method, d_in=24, d_out=40, seed=0, **config):
@@ -116,7 +116,7 @@ def test_melora_rejects_n_not_dividing_dims():
 
 
 def _mora_reference_weight(M, d_in, d_out, mora_type):
-    """ΔW built entry by entry from the description in METHODS.md (slow, loop-based)."""
+    """ΔW built entry by entry from the description in docs/methods.md (slow, loop-based)."""
     r_hat = M.shape[0]
     n_b = math.ceil(d_in / r_hat)
     padded = n_b * r_hat
@@ -290,9 +290,9 @@ def test_lora_numbers_are_peft_numbers(use_dora):
 def test_routing_diagnostics_report_load_and_entropy(router):
     from transformers import AutoModelForCausalLM
 
-    from bench.conformance import tiny_test_config
-    from bench.diagnostics import routing_diagnostics
-    from bench.pretrain import train_tokenizer
+    from lorabench.api.conformance import tiny_test_config
+    from lorabench.models.tiny import train_tokenizer
+    from lorabench.run.diagnostics import routing_diagnostics
 
     tok = train_tokenizer(["the cat sat", "a dog ran far"] * 10, 300)
     config = tiny_test_config()

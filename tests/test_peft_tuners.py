@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from bench.conformance import tiny_model, toy_batch
-from bench.errors import ConfigError
-from bench.inject import count_parameters, inject
-from bench.registry import build_config, get_method
-from bench.suite import fit_budget
+from lorabench.api.conformance import tiny_model, toy_batch
+from lorabench.api.inject import count_parameters, inject
+from lorabench.api.registry import build_config, get_method
+from lorabench.errors import ConfigError
+from lorabench.run.suite import fit_budget
 
 
 def _randomise(model, seed=1):
@@ -100,7 +100,7 @@ def test_unsupported_types_and_bad_options_get_one_line_errors(method, config, m
 
 
 def test_cli_takes_peft_options_as_an_inline_table(capsys):
-    from bench.cli import main
+    from lorabench.cli import main
 
     argv = ["params", "--method", "loha", "--set", "options={alpha = 4}", "--targets", "down_proj"]
     assert main([*argv, "--json"]) == 0

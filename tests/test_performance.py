@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.cli import main
-from bench.layerbench import TARGETS, perturb
-from bench.measure import AllocationTracker
-from bench.registry import build_config, get_method
+from lorabench.api.registry import build_config, get_method
+from lorabench.cli import main
+from lorabench.perf.layers import TARGETS, perturb
+from lorabench.run.measure import AllocationTracker
 
 T, D_IN, D_OUT, N = 512, 64, 1024, 16
 FULL = T * N * D_OUT * 4  # bytes of one fp32 T × N × d_out tensor: 32 MiB, dwarfing the rest

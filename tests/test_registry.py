@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from bench import conformance, registry
-from bench.errors import ConfigError, UnknownMethodError
-from bench.registry import available_methods, build_config, get_method, parse_assignments
+from lorabench.api import conformance, registry
+from lorabench.api.registry import available_methods, build_config, get_method, parse_assignments
+from lorabench.errors import ConfigError, UnknownMethodError
 
 
 def test_builtin_methods_are_registered_with_size_knobs():
@@ -76,13 +76,13 @@ def test_string_values_are_parsed_to_field_types():
 
 TOY_PLUGIN = textwrap.dedent(
     '''
-    """A third-party plugin: a diagonal-scaled LoRA, written only against bench's plugin API."""
+    """A third-party plugin: a diagonal-scaled LoRA, written only against lorabench.api."""
     from dataclasses import dataclass
 
     import torch
 
-    from bench.adapter import AdaptedLinear, kaiming_uniform_, knob
-    from bench.registry import MethodSpec
+    from lorabench.api.layer import AdaptedLinear, kaiming_uniform_, knob
+    from lorabench.api.registry import MethodSpec
 
 
     @dataclass

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import ConfigError
-from bench.report import write_report
-from bench.stats import mcnemar_exact, mean_std, paired_bootstrap_ci, pareto_front
+from lorabench.errors import ConfigError
+from lorabench.report.document import write_report
+from lorabench.report.stats import mcnemar_exact, mean_std, paired_bootstrap_ci, pareto_front
 
 # ---- statistics ---------------------------------------------------------------------------
 
@@ -61,7 +61,7 @@ def ones(n: int, total: int = 10) -> list[int]:
 
 
 def record(label, seed, correct=None, status="ok", error=None, **extra) -> dict:
-    """A result record like bench.records writes; ``correct`` gives per-task per-example 0/1."""
+    """A result record like lorabench.records writes; ``correct`` gives per-task per-example 0/1."""
     metrics: dict = {"wall_time_s": 1.5}
     if status == "ok":
         per_task = {task: sum(v) / len(v) for task, v in correct.items()}
@@ -376,7 +376,7 @@ def test_sweeps_get_a_table_and_a_plot_per_swept_field(tmp_path):
 
 
 def test_ablation_section_sets_measured_shapes_beside_the_paper(tmp_path):
-    """Verdicts follow the measured shapes; the growth table equals METHODS.md's closed forms."""
+    """Verdicts follow the measured shapes; the growth table equals docs/methods.md's closed forms."""
     runs = tmp_path / "abl" / "runs"
     runs.mkdir(parents=True)
     # Closed forms per layer for the records' targets (tiny: up_proj 128 → 384, 4 layers):

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.data import tokenize_pairs
-from bench.records import RECORD_KEYS, config_hash
-from bench.runner import run_suite
-from bench.suite import load_suite, plan
-from bench.train import IGNORE_INDEX, Example, TrainConfig, batches, masked_lm_loss, train
+from lorabench.records import RECORD_KEYS, config_hash
+from lorabench.run.launch_local import run_suite
+from lorabench.run.suite import load_suite, plan
+from lorabench.tasks.train_data import tokenize_pairs
+from lorabench.train import IGNORE_INDEX, Example, TrainConfig, batches, masked_lm_loss, train
 
 ROOT = Path(__file__).parents[1]
 SMOKE = ROOT / "suites" / "smoke.toml"
@@ -81,7 +81,7 @@ def test_loss_is_taken_on_answer_tokens_only():
 
 
 def test_tokenized_pairs_mask_the_context():
-    from bench.pretrain import train_tokenizer
+    from lorabench.models.tiny import train_tokenizer
 
     tok = train_tokenizer(["math: 1 + 2 = 3", "the cat sat on the mat"] * 20, 300)
     [ex] = tokenize_pairs(tok, [("math: 1 + 2 =", " 3\n")], max_length=32)
@@ -91,8 +91,8 @@ def test_tokenized_pairs_mask_the_context():
 
 
 def test_driver_is_deterministic_and_applies_aux_loss():
-    from bench.conformance import tiny_model, toy_batch
-    from bench.inject import inject
+    from lorabench.api.conformance import tiny_model, toy_batch
+    from lorabench.api.inject import inject
 
     ids = toy_batch(batch=16, length=12)["input_ids"].tolist()
     examples = [Example(row, [IGNORE_INDEX] * 6 + row[6:]) for row in ids]
@@ -182,7 +182,7 @@ def test_rerunning_a_suite_trains_nothing(smoke_records):
 def test_ray_runs_give_the_same_records_and_resume(smoke_records, tmp_path):
     """`--ray`: a local Ray instance with 2 CPU workers runs suites/smoke's runs; records match."""
     ray = pytest.importorskip("ray", reason="Ray is the optional extra lorabench[ray]")
-    from bench.ray_runner import run_suite_ray
+    from lorabench.run.launch_ray import run_suite_ray
 
     suite, runs, _, local = smoke_records
     ray.init(num_cpus=2, include_dashboard=False)
@@ -210,7 +210,7 @@ def test_ray_runs_give_the_same_records_and_resume(smoke_records, tmp_path):
 
 
 def test_ray_flag_without_ray_is_a_one_line_error(monkeypatch, capsys):
-    from bench.cli import main
+    from lorabench.cli import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert main(["run", str(SMOKE), "--ray"]) == 2
@@ -261,7 +261,7 @@ def test_sigkill_mid_suite_loses_nothing_and_the_next_run_resumes(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "bench.cli",
+        "lorabench.cli",
         "run",
         str(SMOKE),
         "--methods",

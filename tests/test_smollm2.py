@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import smollm2
-from bench.cache import build_once
-from bench.errors import ModelSourceError
-from bench.models import load_config, load_pretrained, model_source
+from lorabench.errors import ModelSourceError
+from lorabench.models import smollm2
+from lorabench.models.cache import build_once
+from lorabench.models.zoo import load_config, load_pretrained, model_source
 
 
 def test_fetch_convert_load(tmp_path, monkeypatch):

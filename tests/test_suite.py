@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.errors import ConfigError
-from bench.registry import build_config, get_method
-from bench.suite import fit_budget, load_suite, plan, target_shapes
+from lorabench.api.registry import build_config, get_method
+from lorabench.errors import ConfigError
+from lorabench.models.zoo import target_shapes
+from lorabench.run.suite import fit_budget, load_suite, plan
 
 SUITES = Path(__file__).parents[1] / "suites"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.corpus import generate_corpus, split_corpus
-from bench.errors import ConfigError
-from bench.tasks import (
+from lorabench.errors import ConfigError
+from lorabench.models.corpus import generate_corpus, split_corpus
+from lorabench.tasks.synthetic import (
     ANSWER_END,
     GROUP_NAME,
     LIST_OPS,
@@ -251,7 +251,7 @@ def test_simple_evaluate_runs_a_tiny_llama(task_manager, tiny_tokenizer):
     from lm_eval.models.huggingface import HFLM
     from transformers import LlamaForCausalLM
 
-    from bench.models import tiny_config
+    from lorabench.models.zoo import tiny_config
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(tiny_config(vocab_size=len(tiny_tokenizer)))

@@ -1,0 +1,379 @@
+"""Report data: result records loaded, tidied into a frame, compared and aggregated.
+
+Also the small formatting helpers (fixed-precision numbers, markdown tables) that every
+report module shares. Reads result records only (no torch, no model code).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from lorabench.errors import ConfigError
+from lorabench.records import read_record
+from lorabench.report.stats import mcnemar_exact, mean_std, paired_bootstrap_ci
+
+NA = "n/a"
+BOOTSTRAP_RESAMPLES = 10000
+INTEGER_COLUMNS = (
+    "seed", "trainable_params", "base_params", "train_tokens", "adapter_bytes",
+    "budget_target", "budget_reached",
+)  # fmt: skip
+RUN_COLUMNS = (
+    "label", "method", "seed", "status", "error", "run_id", "trainable_params", "base_params",
+    "trainable_percent", "memory_kind", "peak_rss_mb", "baseline_rss_mb", "peak_allocated_mb",
+    "peak_reserved_mb", "train_tokens_per_s", "train_time_s", "train_tokens", "latency_base_ms",
+    "latency_unmerged_ms", "latency_merged_ms", "unmerged_ratio", "merged_ratio", "final_loss",
+    "heldout_ppl_before", "heldout_ppl_after", "adapter_bytes", "wall_time_s", "accuracy",
+    "budget_target", "budget_reached", "budget_knob", "budget_value",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Records:
+    """The records of one results folder, one per (label, seed), sorted for reporting."""
+
+    runs: list[dict]
+    unreadable: list[str]  # file names that are not valid records
+    superseded: int  # older records of a (label, seed) that a newer one replaced
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired comparison ``candidate - reference`` in accuracy points."""
+
+    delta_points: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    pairs: int
+    reused_seed: bool  # the reference lacked a seed, so another reference seed was reused
+
+
+# ---- small helpers ------------------------------------------------------------------------
+
+
+def num(value: Any) -> float:
+    """A float for a JSON number, NaN for anything else (missing, None, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return NA if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def first_line(text: Any, limit: int = 200) -> str:
+    lines = str(text).strip().splitlines() if text else []
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _is_numeric(cell: str) -> bool:
+    return (
+        cell in ("", "baseline")
+        or cell.startswith(NA)
+        or math.isfinite(_leading_number(cell.strip("*[")))
+    )
+
+
+def md_table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    """A pipe table; columns whose cells are all numbers (or n/a) align right."""
+    align = [
+        "right" if i and all(_is_numeric(row[i]) for row in rows) else "left"
+        for i in range(len(headers))
+    ]
+    return tabulate(rows, list(headers), "pipe", disable_numparse=True, colalign=align)
+
+
+def _leading_number(cell: str) -> float:
+    """The number a formatted cell starts with ("1,234.5 / 9" -> 1234.5), NaN if none."""
+    try:
+        return float(cell.split()[0].replace(",", "").strip("*†"))
+    except (IndexError, ValueError):
+        return math.nan
+
+
+def bold_best(cells: list[str], higher: bool, eligible: list[bool]) -> None:
+    """Bold (in place) the cells showing the best eligible value, as displayed (ties too)."""
+    values = [_leading_number(cell) for cell in cells]
+    candidates = [v for v, ok in zip(values, eligible, strict=True) if ok and math.isfinite(v)]
+    if len(candidates) < 2 or min(candidates) == max(candidates):
+        return  # nothing to single out
+    best = max(candidates) if higher else min(candidates)
+    for i, (value, ok) in enumerate(zip(values, eligible, strict=True)):
+        if ok and value == best:
+            cells[i] = f"**{cells[i]}**"
+
+
+def dig(obj: Any, keys: tuple[str, ...]) -> Any:
+    """``obj[k1][k2]...``; raises KeyError or TypeError when a level is missing."""
+    for key in keys:
+        obj = obj[key]
+    return obj
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` as given when relative; else relative to the working folder, or its name."""
+    given = Path(path)
+    if not given.is_absolute():
+        return given.as_posix()
+    try:
+        return given.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return given.name
+
+
+def _label_rank(label: str, method: str) -> tuple[int, str]:
+    return ({"base": 0, "full": 1}.get(method, 2), label)
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+
+def load_records(results_dir: str | Path) -> Records:
+    """Records in ``results_dir/runs/*.json`` (or ``results_dir/*.json``), newest per run.
+
+    Raises ConfigError when the folder is missing or holds no readable record.
+    """
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"results folder not found: {folder}")
+    files: list[Path] = []
+    for candidate in (folder / "runs", folder):
+        if candidate.is_dir():
+            files = sorted(p for p in candidate.glob("*.json") if not p.name.startswith("."))
+        if files:
+            break
+    found, unreadable = [], []
+    for path in files:
+        record = read_record(path)
+        if record is None or not isinstance(record.get("label"), str):
+            unreadable.append(path.name)
+        else:
+            found.append(record)
+    if not found:
+        raise ConfigError(f"no readable result records in {folder} (expected runs/*.json)")
+    newest: dict[tuple[str, str], dict] = {}
+    for record in sorted(found, key=_freshness):
+        newest[(record["label"], str(record.get("seed")))] = record
+    runs = sorted(newest.values(), key=_run_order)
+    return Records(runs, unreadable, len(found) - len(newest))
+
+
+def _freshness(record: dict) -> tuple[bool, str, str]:
+    return (record.get("status") == "ok", str(record.get("finished_at")), str(record["run_id"]))
+
+
+def _run_order(record: dict) -> tuple[int, str, int, str]:
+    seed = record.get("seed")
+    rank, label = _label_rank(record["label"], str(record.get("method")))
+    return (rank, label, seed if isinstance(seed, int) else -1, str(record.get("run_id")))
+
+
+# ---- one tidy row per run -----------------------------------------------------------------
+
+
+def run_row(record: dict) -> dict[str, Any]:
+    """The scalar facts of one run: identity, status, every scalar metric, per-task accuracy."""
+    metrics = record.get("metrics") or {}
+    memory = metrics.get("memory") or {}
+    latency = metrics.get("latency_ms") or {}
+    budget = metrics.get("budget") or {}
+    per_task = (metrics.get("eval") or {}).get("per_task") or {}
+    base_ms = num(latency.get("base"))
+    row: dict[str, Any] = {
+        "label": record["label"],
+        "method": str(record.get("method")),
+        "seed": record.get("seed"),
+        "status": record.get("status"),
+        "error": first_line(record.get("error")) or None,
+        "run_id": record.get("run_id"),
+        "memory_kind": memory.get("kind"),
+        "latency_base_ms": base_ms,
+        "latency_unmerged_ms": num(latency.get("unmerged")),
+        "latency_merged_ms": num(latency.get("merged")),
+        "budget_target": num(budget.get("target")),
+        "budget_reached": num(budget.get("reached")),
+        "budget_knob": budget.get("knob"),
+        "budget_value": num(budget.get("value")),
+    }
+    for key in ("peak_rss_mb", "baseline_rss_mb", "peak_allocated_mb", "peak_reserved_mb"):
+        row[key] = num(memory.get(key))
+    for key in RUN_COLUMNS:
+        row.setdefault(key, num(metrics.get(key)))
+    row["unmerged_ratio"] = row["latency_unmerged_ms"] / base_ms if base_ms > 0 else math.nan
+    row["merged_ratio"] = row["latency_merged_ms"] / base_ms if base_ms > 0 else math.nan
+    for task in sorted(per_task):
+        row[f"acc_{task}"] = num(per_task[task])
+    return row
+
+
+def runs_frame(runs: list[dict]) -> pd.DataFrame:
+    """One row per run, in report order; integer columns use the nullable Int64 type."""
+    rows = [run_row(record) for record in runs]
+    tasks = sorted({key for row in rows for key in row if key.startswith("acc_")})
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *tasks])
+    for column in INTEGER_COLUMNS:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").round().astype("Int64")
+    return frame
+
+
+# ---- paired comparisons -------------------------------------------------------------------
+
+
+def _per_example(record: dict) -> dict[str, list[int]]:
+    per_example = ((record.get("metrics") or {}).get("eval") or {}).get("per_example") or {}
+    return {task: [int(bool(x)) for x in values] for task, values in per_example.items()}
+
+
+def compare(
+    reference: list[dict], candidate: list[dict], task: str | None = None
+) -> Comparison | None:
+    """Paired test of ``candidate`` against ``reference`` runs on per-example correctness.
+
+    Run seed s pairs with the reference run of seed s (else the reference's lowest seed);
+    examples pool over seeds. The estimate and its bootstrap CI are macro-averaged over
+    tasks (stratified by task); McNemar's exact p uses every pair. None without pairs.
+    """
+    by_seed = {str(run.get("seed")): run for run in reference}
+    if not by_seed:
+        return None
+    fallback = reference[0]
+    a: list[int] = []
+    b: list[int] = []
+    strata: list[str] = []
+    reused = False
+    for run in candidate:
+        partner = by_seed.get(str(run.get("seed")))
+        reused = reused or partner is None
+        ref_examples, run_examples = _per_example(partner or fallback), _per_example(run)
+        for name in sorted(set(ref_examples) & set(run_examples)):
+            if (task is None or name == task) and len(ref_examples[name]) == len(
+                run_examples[name]
+            ):
+                a += ref_examples[name]
+                b += run_examples[name]
+                strata += [name] * len(ref_examples[name])
+    if not a:
+        return None
+    delta, low, high = paired_bootstrap_ci(a, b, BOOTSTRAP_RESAMPLES, seed=0, strata=strata)
+    return Comparison(100 * delta, 100 * low, 100 * high, mcnemar_exact(a, b), len(a), reused)
+
+
+def fmt_comparison(result: Comparison | None) -> list[str]:
+    """Cells: Δ points, 95% CI, McNemar p."""
+    if result is None:
+        return [NA, NA, NA]
+    p = result.p_value
+    return [
+        f"{result.delta_points:+.2f}" + ("†" if result.reused_seed else ""),
+        f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]",
+        f"{p:.3f}" if p >= 0.001 else f"{p:.1e}",
+    ]
+
+
+# ---- aggregates ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Routing diagnostics of one label, averaged over its runs (seeds)."""
+
+    num_experts: int
+    layers: list[str]
+    tasks: list[str]
+    entropy: dict[tuple[str, str], float]  # (layer, task) -> mean entropy / log N
+    load: dict[str, list[float]]  # task -> layer-averaged mean gate per expert
+
+
+def routing_summary(runs: list[dict]) -> Routing | None:
+    """Seed-averaged routing diagnostics of ``runs``, or None if none has any."""
+    found = [r["metrics"]["routing"] for r in runs if (r.get("metrics") or {}).get("routing")]
+    experts = int(found[0].get("num_experts") or 0) if found else 0
+    if experts < 1:
+        return None
+    entropies: dict[tuple[str, str], list[float]] = {}
+    loads: dict[str, list[list[float]]] = {}
+    for routing in found:
+        for layer, per_task in (routing.get("layers") or {}).items():
+            for task, stats in per_task.items():
+                entropies.setdefault((layer, task), []).append(num(stats.get("entropy")))
+                load = [num(x) for x in stats.get("load") or []]
+                if len(load) == experts:
+                    loads.setdefault(task, []).append(load)
+    max_entropy = math.log(experts) if experts > 1 else math.nan
+    entropy = {key: mean_std(v)[0] / max_entropy for key, v in entropies.items()}
+    load = {
+        task: [mean_std(col)[0] for col in zip(*rows, strict=True)] for task, rows in loads.items()
+    }
+    layers = sorted({layer for layer, _ in entropies})
+    tasks = sorted({task for _, task in entropies} | set(loads))
+    return Routing(experts, layers, tasks, entropy, load)
+
+
+class ReportData:
+    """Aggregates of one set of records: the tidy frame, ok runs per label, routing."""
+
+    def __init__(
+        self,
+        records: Records,
+        baseline: str,
+        results_dir: str | Path = "results",
+        out_dir: str | Path = "report",
+    ) -> None:
+        self.records = records
+        self.results_dir, self.out_dir = results_dir, out_dir
+        self.baseline = baseline
+        self.frame = runs_frame(records.runs)
+        self.ok = self.frame[self.frame["status"] == "ok"]
+        self.labels = list(dict.fromkeys(self.frame["label"]))
+        self.methods = dict(zip(self.frame["label"], self.frame["method"], strict=True))
+        self.ok_runs: dict[str, list[dict]] = {label: [] for label in self.labels}
+        for record in records.runs:
+            if record.get("status") == "ok":
+                self.ok_runs[record["label"]].append(record)
+        self.tasks = sorted(c[4:] for c in self.frame.columns if c.startswith("acc_"))
+        self.adapted = [self.methods[label] != "base" for label in self.labels]
+        self.routing = {lb: routing_summary(self.ok_runs[lb]) for lb in self.labels}
+
+    def stat(self, label: str, column: str) -> tuple[float, float | None]:
+        """Mean and sample std over the label's ok runs of one column."""
+        return mean_std(self.ok.loc[self.ok["label"] == label, column].astype(float).tolist())
+
+    def mean(self, label: str, column: str, spec: str, scale: float = 1.0) -> str:
+        return fmt(scale * self.stat(label, column)[0], spec)
+
+    def label_for(self, method: str) -> str | None:
+        """The label that runs ``method`` (the label equal to it first), or None."""
+        matches = [label for label in self.labels if self.methods[label] == method]
+        return method if method in matches else (matches[0] if matches else None)
+
+    def values(self, get: Any) -> str:
+        """The sorted distinct non-empty values ``get(record)`` takes, comma-separated."""
+        found = set()
+        for record in self.records.runs:
+            try:
+                value = get(record)
+            except (KeyError, TypeError, AttributeError):
+                continue
+            if value is not None and value != "":
+                if isinstance(value, dict):
+                    value = [f"{k}={v}" for k, v in sorted(value.items())]
+                found.add(", ".join(map(str, value)) if isinstance(value, list) else str(value))
+        numbers_first = sorted(
+            found, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v)
+        )
+        return "; ".join(numbers_first) or NA

@@ -1,0 +1,97 @@
+"""Fan a suite out on Ray: each run is a Ray task that runs the ordinary worker process.
+
+``lorabench run SUITE --ray [--address ADDR]``. Ray schedules; lorabench does not grow a
+scheduler of its own. Every task calls the same `lorabench.run.launch_local.spawn` as a local run (one
+child process per run, crash records included), so records have the same content; the
+driver writes each returned record into the results folder, so resumption (skip what is
+recorded, ``--retry-failed``) works exactly as locally, and records come back even when
+workers do not share the driver's filesystem. Adapters and logs stay where the worker ran
+(the same folder on a local cluster or a shared mount).
+
+Resources per task: one GPU when the run's device is CUDA; otherwise as many CPUs as a
+local run's torch threads (capped at the cluster's CPUs), so a run computes with the same
+threads as it would locally and its numbers stay comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lorabench.errors import ConfigError
+from lorabench.records import new_record, write_json_atomic
+from lorabench.run.launch_local import SuiteOutcome, finish, prepare, record_path, spawn
+from lorabench.run.suite import RunSpec, Suite
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "--ray needs Ray, an optional extra: pip install 'lorabench[ray]'"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(INSTALL_HINT) from None
+    return ray
+
+
+def run_suite_ray(
+    suite: Suite,
+    runs: list[RunSpec],
+    out_dir: Path,
+    *,
+    address: str | None = None,
+    retry_failed: bool = False,
+    command: str | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict], None] | None = None,
+) -> SuiteOutcome:
+    """Like `lorabench.run.launch_local.run_suite`, with each run a Ray task on ``address`` (None: local)."""
+    ray = import_ray()
+    out_dir = Path(out_dir).resolve()
+    todo, outcome = prepare(runs, out_dir, retry_failed)
+    if not todo:
+        return outcome
+    started_here = not ray.is_initialized()
+    if started_here:
+        log.info("connecting to Ray at %s", address or "a new local instance")
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        cpus = max(1, min(torch.get_num_threads(), int(ray.cluster_resources().get("CPU", 1))))
+        task = ray.remote(_run_task)
+        pending = {}
+        for run in todo:
+            cuda = str(run.config["device"]).startswith("cuda")
+            options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
+            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(cpus)}}
+            pending[task.options(**options).remote(run, suite, str(out_dir), command)] = run
+        bar = tqdm(
+            total=len(todo), desc=f"suite {suite.settings.name} (ray)", unit="run",
+            disable=not progress, dynamic_ncols=True,
+        )  # fmt: skip
+        with bar:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the task itself died (node lost, ...)
+                    record = new_record(run.run_id, run.config, command)
+                    record["error"] = f"Ray task failed: {str(exc).strip().splitlines()[0]}"
+                write_json_atomic(record_path(out_dir, run), record)
+                finish(record, outcome, on_record)
+                bar.update()
+    finally:
+        if started_here:
+            ray.shutdown()
+    return outcome
+
+
+def _run_task(run: RunSpec, suite: Suite, out_dir: str, command: str | None) -> dict:
+    """On a Ray worker: the ordinary worker process for one run; its record."""
+    return spawn(run, suite, Path(out_dir), command, progress=False)

@@ -1,0 +1,404 @@
+"""Suite files (TOML) → a validated plan of runs.
+
+A suite names a model, tasks, training data, methods, seeds and an optional parameter
+budget. ``load_suite`` checks every key and value (one-line errors naming the file, table
+and key) and ``plan`` expands it into one :class:`RunSpec` per (method × seed), resolving
+each method's size knob against the budget — all before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorabench.api.layer import check_config, knob, positive_int
+from lorabench.api.registry import available_methods, build_config, coerce, get_method
+from lorabench.errors import ConfigError, LorabenchError, UnknownMethodError
+from lorabench.train import TrainConfig
+
+REFERENCE_ROWS = ("base", "full")  # no training / full fine-tuning: not plugins
+FAULTS = ("raise", "oom", "nan", "crash")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = knob(32, "lm-eval batch size")
+    limit: int | None = knob(None, "evaluate at most this many examples per task (None = all)")
+    num_fewshot: int = knob(0, "few-shot examples per prompt")
+    latency_batch_size: int = knob(8, "sequences per batch when timing inference")
+    latency_seq_len: int = knob(64, "tokens per sequence when timing inference")
+    latency_repeats: int = knob(10, "timed forward passes (median reported) after 2 warm-ups")
+
+    def __post_init__(self) -> None:
+        check_config(
+            "eval",
+            batch_size=positive_int(self.batch_size),
+            limit=(self.limit is None or self.limit >= 1, f"None or >= 1, got {self.limit}"),
+            latency_repeats=(self.latency_repeats >= 1, f">= 1, got {self.latency_repeats}"),
+        )
+
+
+@dataclass
+class SuiteSettings:
+    name: str = knob(None, "suite name (required)")
+    model: str = knob(
+        None, "'tiny', 'smollm2', a local model folder, or a Hugging Face hub name (required)"
+    )
+    description: str = knob("", "one line for reports")
+    tasks: list[str] | str = knob("all", "lm-eval task names, or 'all' tasks found in tasks_dir")
+    tasks_dir: str | None = knob(
+        "tasks",
+        "folder of lm-eval task YAML + JSONL, relative to the suite file; None = lm-eval's registry",
+    )
+    train_data: str | dict = knob(
+        "tasks",
+        "'tasks' (train splits of tasks_dir) or a table {jsonl=...} / {hf_dataset=..., split=...}",
+    )
+    targets: str | list[str] = knob("all-linear", "linear layers to adapt, or all-linear")
+    seeds: list[int] = knob([0], "one run per seed and method")
+    param_budget: int | None = knob(
+        None, "trainable parameters each method's size knob is tuned to"
+    )
+    budget_tolerance: float = knob(0.25, "largest relative miss of the budget that is accepted")
+    device: str = knob("cpu", "cpu or cuda (the CLI's --device overrides)")
+    dtype: str = knob("float32", "dtype the base model is loaded in: float32 or bfloat16")
+    chat_template: bool = knob(False, "format prompts with the tokenizer's chat template")
+
+
+@dataclass
+class MethodEntry:
+    name: str
+    label: str
+    config: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    inject_fault: str | None = None  # harness tests only: raise / oom / nan / crash at step 2
+    sweep: dict | None = None  # {"group": label, "values": {field: value}} for sweep points
+
+
+@dataclass
+class Suite:
+    path: Path
+    settings: SuiteSettings
+    train: TrainConfig
+    eval: EvalConfig
+    methods: list[MethodEntry]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+@dataclass
+class RunSpec:
+    """One run, fully described: ``config`` is what the record stores and what is hashed."""
+
+    run_id: str
+    label: str
+    method: str
+    seed: int
+    config: dict
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if path.is_dir() or (not path.exists() and path.with_suffix(".toml").exists()):
+        path = path / "suite.toml" if path.is_dir() else path.with_suffix(".toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    where = str(path)
+    _check_keys(raw, {"suite", "train", "eval", "methods"}, where, "top level")
+    if "suite" not in raw:
+        raise ConfigError(f"{where}: missing required table [suite]")
+    settings = _dataclass_from(SuiteSettings, raw["suite"], where, "[suite]")
+    if settings.tasks_dir == "":  # TOML has no null: "" means lm-eval's own registry
+        settings.tasks_dir = None
+    for required in ("name", "model"):
+        if getattr(settings, required) is None:
+            raise ConfigError(f"{where}: [suite] is missing the required key '{required}'")
+    if not settings.seeds:
+        raise ConfigError(f"{where}: [suite].seeds is empty; give at least one seed")
+    if settings.device not in ("cpu", "cuda") and not settings.device.startswith("cuda:"):
+        raise ConfigError(f"{where}: [suite].device: expected cpu or cuda, got {settings.device!r}")
+    if settings.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(
+            f"{where}: [suite].dtype: expected float32 or bfloat16, got {settings.dtype!r}"
+        )
+    train = _dataclass_from(TrainConfig, raw.get("train", {}), where, "[train]")
+    eval_ = _dataclass_from(EvalConfig, raw.get("eval", {}), where, "[eval]")
+    entries = raw.get("methods")
+    if not entries:
+        raise ConfigError(f"{where}: no [[methods]] entries; add at least one method")
+    methods = [m for i, e in enumerate(entries) for m in _method_entries(e, i, where, train)]
+    labels = [m.label for m in methods]
+    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    if dupes:
+        raise ConfigError(
+            f"{where}: duplicate method label(s) {dupes}; give each entry a unique label"
+        )
+    return Suite(path, settings, train, eval_, methods)
+
+
+def _check_keys(table: Any, known: set[str], where: str, name: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: {name} must be a table")
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}' in {name}; known keys: {', '.join(sorted(known))}"
+        )
+
+
+def _dataclass_from(cls, table: Any, where: str, name: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(table, set(fields), where, name)
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in table.items():
+        values[key] = coerce(value, hints[key], f"{where}: {name}.{key}")
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _method_entries(entry: Any, index: int, where: str, train: TrainConfig) -> list[MethodEntry]:
+    """One [[methods]] table → its entries: one, or one per point of a sweep.
+
+    A list value for a config field is a sweep; several lists combine as their product
+    (``sweep = "product"``, the default) or element by element (``sweep = "zip"``).
+    """
+    name = f"[[methods]] #{index + 1}"
+    known = {"name", "label", "config", "train", "inject_fault", "sweep"}
+    _check_keys(entry, known, where, name)
+    if "name" not in entry:
+        raise ConfigError(f"{where}: {name} is missing the required key 'name'")
+    method = entry["name"]
+    if method not in REFERENCE_ROWS:
+        try:
+            get_method(method)
+        except UnknownMethodError:
+            known_methods = ", ".join([*REFERENCE_ROWS, *available_methods()])
+            raise ConfigError(
+                f"{where}: {name}: unknown method '{method}'; known: {known_methods}"
+            ) from None
+    config = entry.get("config", {})
+    if method in REFERENCE_ROWS and config:
+        raise ConfigError(f"{where}: {name}: '{method}' takes no config")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: {name}.config must be a table")
+    overrides = entry.get("train", {})
+    merged = {**dataclasses.asdict(train), **(overrides if isinstance(overrides, dict) else {})}
+    _dataclass_from(TrainConfig, merged, where, f"{name}.train")
+    fault = entry.get("inject_fault")
+    if fault is not None and fault not in FAULTS:
+        raise ConfigError(
+            f"{where}: {name}.inject_fault: expected one of {list(FAULTS)}, got {fault!r}"
+        )
+    label = entry.get("label", method)
+    if not isinstance(label, str) or not label:
+        raise ConfigError(f"{where}: {name}.label must be a non-empty string")
+    points = _sweep_points(config, entry.get("sweep", "product"), where, name)
+    entries = []
+    for point in points:
+        point_config = {**config, **point}
+        if method not in REFERENCE_ROWS:
+            try:
+                build_config(method, point_config)  # validate now; resolved again in plan()
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: {name}: {exc}") from exc
+        point_label = label + "".join(f"[{k}={v}]" for k, v in point.items())
+        sweep = {"group": label, "values": point} if point else None
+        entries.append(MethodEntry(method, point_label, point_config, overrides, fault, sweep))
+    return entries
+
+
+def _sweep_points(config: dict, mode: Any, where: str, name: str) -> list[dict]:
+    """The sweep's points (``[{}]`` when nothing is swept); one-line errors for bad sweeps."""
+    swept = {k: v for k, v in config.items() if isinstance(v, list)}
+    if mode not in ("product", "zip"):
+        raise ConfigError(f"{where}: {name}.sweep: expected 'product' or 'zip', got {mode!r}")
+    for key, values in swept.items():
+        if not values:
+            raise ConfigError(f"{where}: {name}.config.{key}: a sweep needs at least one value")
+    if not swept:
+        return [{}]
+    keys = list(swept)
+    if mode == "zip":
+        lengths = {k: len(v) for k, v in swept.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(
+                f"{where}: {name}: sweep = 'zip' needs lists of one length, got {lengths}"
+            )
+        return [
+            dict(zip(keys, values, strict=True)) for values in zip(*swept.values(), strict=True)
+        ]
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*swept.values())]
+
+
+# --- planning ---------------------------------------------------------------------------
+
+
+def fit_budget(
+    method: str,
+    config,
+    shapes: list[tuple[int, int]],
+    budget: int,
+    tolerance: float,
+    max_value: int = 4096,
+):
+    """The config whose size knob gives the trainable count nearest to ``budget``.
+
+    Counts grow with the knob, so the scan stops at the first value past the budget.
+    Returns ``(config, count)``; ConfigError when the nearest count misses by more than
+    ``tolerance`` (relative).
+    """
+    spec = get_method(method)
+    best = None
+    first_error: ConfigError | None = None
+    for value in range(1, max_value + 1):
+        try:
+            candidate = dataclasses.replace(config, **{spec.size_knob: value})
+        except ConfigError as exc:
+            first_error = first_error or exc
+            continue
+        count = sum(spec.param_count(candidate, d_in, d_out) for d_in, d_out in shapes)
+        if best is None or abs(count - budget) < abs(best[1] - budget):
+            best = (candidate, count)
+        if count > budget:
+            break
+    if best is None and first_error is not None:
+        raise ConfigError(
+            f"method '{method}' cannot be fitted to param_budget (no valid "
+            f"{spec.size_knob}): {first_error}"
+        )
+    if best is None or abs(best[1] - budget) > tolerance * budget:
+        nearest = (
+            f"nearest is {spec.size_knob}={getattr(best[0], spec.size_knob)} with {best[1]:,}"
+            if best
+            else "no valid value"
+        )
+        raise ConfigError(
+            f"method '{method}' cannot reach param_budget={budget:,} within {tolerance:.0%}: {nearest} parameters"
+        )
+    return best
+
+
+def plan(
+    suite: Suite,
+    *,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    device: str | None = None,
+) -> list[RunSpec]:
+    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first."""
+    from lorabench.api.inject import parse_targets
+    from lorabench.records import config_hash
+
+    s = suite.settings
+    where = str(suite.path)
+    entries = suite.methods
+    if methods:
+        known = {m.label for m in entries} | {m.name for m in entries}
+        missing = [m for m in methods if m not in known]
+        if missing:
+            raise ConfigError(
+                f"--methods: '{missing[0]}' is not in suite {s.name}; it has: {', '.join(m.label for m in entries)}"
+            )
+        # a label selects itself; a plugin name that is no label selects all its entries (sweeps)
+        labels = {m.label for m in entries}
+        entries = [
+            m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
+        ]
+    seeds = list(seeds) if seeds else list(s.seeds)
+    try:
+        from lorabench.models.zoo import target_shapes
+
+        shapes = target_shapes(s.model, s.targets)
+    except LorabenchError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if shapes is None and s.param_budget is not None:
+        raise ConfigError(
+            f"{where}: param_budget needs the config of model '{s.model}', which is not available offline"
+        )
+    runs = []
+    for entry in entries:
+        method_config, budget = {}, None
+        if entry.name not in REFERENCE_ROWS:
+            cfg = build_config(entry.name, entry.config)
+            knob_name = get_method(entry.name).size_knob
+            if s.param_budget is not None and knob_name not in entry.config:
+                try:
+                    cfg, reached = fit_budget(
+                        entry.name, cfg, shapes, s.param_budget, s.budget_tolerance
+                    )
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {exc}") from exc
+                budget = {
+                    "target": s.param_budget,
+                    "reached": reached,
+                    "knob": knob_name,
+                    "value": getattr(cfg, knob_name),
+                }
+            if shapes is not None:
+                _validate_on_meta(s.model, entry, cfg, s.targets, where)
+            method_config = dataclasses.asdict(cfg)
+        train = dataclasses.asdict(
+            TrainConfig(**{**dataclasses.asdict(suite.train), **entry.train})
+        )
+        for seed in seeds[:1] if entry.name == "base" else seeds:
+            config = {
+                "suite": s.name,
+                "label": entry.label,
+                "method": entry.name,
+                "method_config": method_config,
+                "budget": budget,
+                "seed": seed,
+                "model": s.model,
+                "dtype": s.dtype,
+                "device": device or s.device,
+                "targets": parse_targets(s.targets),
+                "tasks": s.tasks,
+                "tasks_dir": s.tasks_dir,
+                "train_data": s.train_data,
+                "chat_template": s.chat_template,
+                "train": train,
+                "eval": dataclasses.asdict(suite.eval),
+                "inject_fault": entry.inject_fault,
+                # only sweep points carry this key, so other runs keep their config hash
+                **({"sweep": entry.sweep} if entry.sweep else {}),
+            }
+            digest = config_hash(config)[:8]
+            runs.append(
+                RunSpec(
+                    f"{_slug(entry.label)}-seed{seed}-{digest}",
+                    entry.label,
+                    entry.name,
+                    seed,
+                    config,
+                )
+            )
+    return runs
+
+
+def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) -> None:
+    """Inject into the meta-device model: catches targets that match nothing and shape rules."""
+    from lorabench.api.inject import inject
+    from lorabench.models.zoo import build_on_meta, resolve_config
+
+    try:
+        inject(build_on_meta(resolve_config(model)), entry.name, cfg, targets)
+    except LorabenchError as exc:
+        raise ConfigError(f"{where}: method '{entry.label}': {exc}") from exc
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)

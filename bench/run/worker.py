@@ -1,0 +1,194 @@
+"""One run, in its own process: load → inject → train → measure → evaluate → record.
+
+Started by `lorabench.run.launch_local` as ``python -m lorabench.run.worker RUN_JSON``; the JSON holds the run's
+full config. Whatever happens, the record is written atomically with its status: ``ok``,
+``failed`` (an exception), ``oom`` (out of memory) or ``nan`` (non-finite loss).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from lorabench.records import new_record, write_json_atomic
+
+log = logging.getLogger("lorabench.run.worker")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def execute(job: dict) -> dict:
+    """Run ``job`` (keys: run_id, config, record_path, suite_root, out_dir, command); return the record."""
+    from lorabench.train import NaNLossError
+
+    config = job["config"]
+    record = new_record(job["run_id"], config, job.get("command"))
+    record["started_at"] = _now()
+    started = time.perf_counter()
+    try:
+        from lorabench.models.zoo import model_source
+
+        record["env"]["model"] = model_source(config["model"])
+        record["metrics"] = measure_run(
+            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"]
+        )
+        record["status"] = "ok"
+    except NaNLossError as exc:
+        record.update(status="nan", error=str(exc))
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        record.update(status="oom", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # recorded, and the suite goes on
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        record["traceback"] = traceback.format_exc(limit=-8)
+    record["metrics"]["wall_time_s"] = time.perf_counter() - started
+    record["finished_at"] = _now()
+    write_json_atomic(Path(job["record_path"]), record)
+    return record
+
+
+def measure_run(
+    config: dict, suite_root: Path, out_dir: Path, run_id: str, progress: bool = True
+) -> dict:
+    from lorabench.api.inject import (
+        count_parameters,
+        inject,
+        merge_adapters,
+        save_adapter,
+        unmerge_adapters,
+    )
+    from lorabench.api.registry import get_method
+    from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
+    from lorabench.models.zoo import load_pretrained, model_path
+    from lorabench.run.evaluate import evaluate
+    from lorabench.run.measure import MemoryMeter, forward_latency_ms, latency_batch
+    from lorabench.tasks import synthetic as task_data
+    from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
+    from lorabench.train import TrainConfig, train
+
+    seed, method, ev = config["seed"], config["method"], config["eval"]
+    device = torch.device(config["device"])
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device is cuda, but torch sees no CUDA device")
+    torch.manual_seed(seed)
+    model, tokenizer = load_pretrained(config["model"], config["dtype"], str(device))
+    meter = MemoryMeter(device)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    metrics: dict = {
+        "memory_note": "CUDA: peaks above the loaded model"
+        if meter.cuda
+        else "CPU: peak RSS of the run's process"
+    }
+    _, base_params = count_parameters(model)
+    ids = latency_batch(len(tokenizer), ev["latency_batch_size"], ev["latency_seq_len"])
+    with autocast:
+        metrics["latency_ms"] = {"base": forward_latency_ms(model, ids, ev["latency_repeats"])}
+    heldout_file = Path(model_path(config["model"], progress=False)) / HELDOUT_FILE
+    heldout = heldout_file.read_text().splitlines()[:300] if heldout_file.is_file() else None
+    if heldout:
+        metrics["heldout_ppl_before"] = heldout_perplexity(model, tokenizer, heldout)
+
+    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] else None
+    tasks = (
+        task_data.resolve_tasks(tasks_dir, config["tasks"]) if tasks_dir else list(config["tasks"])
+    )
+    mergeable = False
+    if method == "full":
+        model.requires_grad_(True)
+    elif method != "base":
+        spec = get_method(method)
+        mergeable = spec.mergeable
+        torch.manual_seed(seed)  # adapter init depends on the seed only
+        inject(model, spec, config["method_config"], config["targets"])
+    trainable, _ = count_parameters(model)
+    metrics.update(
+        trainable_params=trainable if method != "base" else 0,
+        base_params=base_params,
+        trainable_percent=100.0 * (trainable if method != "base" else 0) / base_params,
+        budget=config.get("budget"),
+    )
+
+    if method != "base":
+        train_cfg = TrainConfig(**config["train"])
+        pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
+        examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
+        result = train(
+            model, examples, train_cfg, seed=seed, device=device, pad_id=tokenizer.pad_token_id,
+            desc=f"train {config['label']} s{seed}", fault=config.get("inject_fault"), progress=progress,
+        )  # fmt: skip
+        metrics.update(
+            train_examples=len(examples),
+            train_tokens=result.tokens,
+            train_tokens_per_s=result.tokens_per_s,
+            train_time_s=result.train_time_s,
+            loss_curve=result.loss_curve,
+            aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
+            final_loss=result.loss_curve[-1],
+        )
+        with autocast:
+            metrics["latency_ms"]["unmerged"] = forward_latency_ms(
+                model, ids, ev["latency_repeats"]
+            )
+            if mergeable:
+                merge_adapters(model)
+                metrics["latency_ms"]["merged"] = forward_latency_ms(
+                    model, ids, ev["latency_repeats"]
+                )
+                unmerge_adapters(model)
+    if heldout:
+        metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+
+    include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
+    with autocast:
+        metrics["eval"] = evaluate(
+            model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],
+            limit=ev["limit"], num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"],
+            progress=progress,
+        )  # fmt: skip
+    metrics["accuracy"] = metrics["eval"]["macro_avg"]
+    if tasks_dir is not None:
+        from lorabench.run.diagnostics import routing_diagnostics
+
+        prompts = {
+            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+            for t in tasks
+        }
+        with autocast:
+            routing = routing_diagnostics(model, tokenizer, prompts)
+        if routing is not None:
+            metrics["routing"] = routing
+    if method not in ("base", "full"):
+        weights = save_adapter(model, out_dir / "adapters" / run_id)
+        metrics["adapter_bytes"] = weights.stat().st_size
+    metrics["memory"] = meter.report()
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    log_file = os.environ.get("LORABENCH_LOG")
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.FileHandler(log_file)] if log_file else None,
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    job = json.loads(Path(argv[0]).read_text())
+    record = execute(job)
+    return 0 if record["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
