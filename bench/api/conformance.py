@@ -1,4 +1,4 @@
-"""The method conformance kit: the seven properties of METHODS.md, for any plugin.
+"""The method conformance kit: the seven properties of docs/methods.md, for any plugin.
 
 Every registered method (in-tree or from an entry point) runs through these checks in
 ``tests/test_conformance.py``; a third-party plugin can call :func:`run_all` from its own

@@ -48,7 +48,7 @@ TEMPLATE_FILE = "_default_template_yaml"  # no .yaml suffix: lm-eval does not in
 
 # family -> (n_train, n_test). The one place to change sizes. Tasks of one family share it.
 # Calibrated so that, at suites/tiny's budget, the 0.9 M-parameter base model is near chance
-# and adapted models land in between (see the calibration note in the README).
+# and adapted models land in between (see the calibration note in docs/suites.md).
 SPLIT_SIZES: dict[str, tuple[int, int]] = {
     "kv_memory": (64, 64),  # n_train = number of pairs (each KV_REPEATS times); test = all keys
     "list_ops": (600, 100),  # per task; the same input lists under every list task
