@@ -157,8 +157,12 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
     from lorabench.tasks.synthetic import load_split, write_tasks
 
     for task in write_tasks(args.out, args.seed):
-        train, test = (len(load_split(args.out, task, split)) for split in ("train", "test"))
-        print(f"{task:18} train {train:5}  test {test:4}  {Path(args.out) / task}")
+        train, val, test = (
+            len(load_split(args.out, task, split)) for split in ("train", "validation", "test")
+        )
+        print(
+            f"{task:18} train {train:5}  validation {val:4}  test {test:4}  {Path(args.out) / task}"
+        )
     return 0
 
 
