@@ -34,7 +34,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in available_methods():
         spec = get_method(name)
         merge = "mergeable" if spec.mergeable else "not mergeable"
-        print(f"{name} — {spec.description} [{merge}; size knob: {spec.size_knob}]")
+        knob_text = f"size knob: {spec.size_knob}" if spec.size_knob else "no size knob"
+        print(f"{name} — {spec.description} [{merge}; {knob_text}]")
         rows = [(f, t, repr(d), h) for f, t, d, h in spec.fields()]
         print(tabulate(rows, headers=["field", "type", "default", "meaning"], tablefmt="simple"))
         print()

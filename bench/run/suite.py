@@ -262,6 +262,8 @@ def fit_budget(
     ``tolerance`` (relative).
     """
     spec = get_method(method)
+    if spec.size_knob is None:
+        raise ConfigError(f"{method}: has no size knob, so a parameter budget cannot be met")
     best = None
     first_error: ConfigError | None = None
     for value in range(1, max_value + 1):
@@ -335,6 +337,11 @@ def plan(
         if entry.name not in REFERENCE_ROWS:
             cfg = build_config(entry.name, entry.config)
             knob_name = get_method(entry.name).size_knob
+            if s.param_budget is not None and knob_name is None:
+                raise ConfigError(
+                    f"{where}: method '{entry.label}' has no size knob, so param_budget cannot "
+                    "be met; run it in a suite without param_budget"
+                )
             if s.param_budget is not None and knob_name not in entry.config:
                 try:
                     cfg, reached = fit_budget(
