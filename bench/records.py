@@ -174,11 +174,19 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+def default_file_mode() -> int:
+    """The mode an ordinary new file gets under the user's umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; records are ordinary files
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
