@@ -281,3 +281,15 @@ def test_no_project_file_points_outside_the_repository():
             continue
         text = path.read_text(errors="ignore")
         assert not any(outside in text for outside in OUTSIDE), path
+
+
+def test_display_path_keeps_an_absolute_path_outside_the_working_folder(tmp_path, monkeypatch):
+    from lorabench.report.data import display_path
+
+    inside = tmp_path / "work"
+    (inside / "results").mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    assert display_path("results/x") == "results/x"
+    assert display_path(inside / "results") == "results"
+    elsewhere = tmp_path / "elsewhere" / "report"
+    assert display_path(elsewhere) == elsewhere.resolve().as_posix()

@@ -126,14 +126,15 @@ def dig(obj: Any, keys: tuple[str, ...]) -> Any:
 
 
 def display_path(path: str | Path) -> str:
-    """``path`` as given when relative; else relative to the working folder, or its name."""
+    """``path`` as given when relative; else relative to the working folder when inside it,
+    else absolute — a "regenerate with" line must name a path that works."""
     given = Path(path)
     if not given.is_absolute():
         return given.as_posix()
     try:
         return given.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
-        return given.name
+        return given.resolve().as_posix()
 
 
 def _label_rank(label: str, method: str) -> tuple[int, str]:
