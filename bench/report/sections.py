@@ -10,8 +10,8 @@ import math
 from typing import Any
 
 from lorabench.report.data import (
-    BOOTSTRAP_RESAMPLES,
     NA,
+    Comparison,
     ReportData,
     bold_best,
     compare,
@@ -24,12 +24,15 @@ from lorabench.report.data import (
     md_table,
     num,
 )
-from lorabench.report.stats import mean_std
+from lorabench.report.stats import mean_std, t_critical
 
 SETUP_HEADERS = (
     "method", "plugin", "method config", "budget knob", "params reached / target", "steps",
     "batch", "lr", "schedule",
 )  # fmt: skip
+PER_SEED_HEADER = "per-seed Δ (sd)"
+#: two-sided 95% t quantiles by degrees of freedom (for the notes on what k seeds can show)
+T_975 = {df: t_critical(df) for df in (1, 2, 4, 9)}
 
 
 def intro(data: ReportData) -> list[str]:
@@ -71,6 +74,7 @@ def summary(data: ReportData) -> list[str]:
     memory_header = memory.get(tuple(kinds), "peak memory (MiB)")
     delta_header = f"Δ vs {data.baseline} (points)"
     reference = data.ok_runs.get(data.baseline, [])
+    comparisons: dict[str, Comparison | None] = {}
     columns: dict[str, list[str]] = {}
     for label in data.labels:
         kind_rows = data.ok.loc[data.ok["label"] == label, "memory_kind"].dropna()
@@ -86,9 +90,10 @@ def summary(data: ReportData) -> list[str]:
         std_points = None if acc_std is None else 100 * acc_std
         accuracy = f"{fmt(100 * acc, '.2f')} ± {fmt(std_points, '.2f')}"
         if label == data.baseline:
-            test = ["baseline", "", ""]
+            test = ["baseline", "", "", ""]
         else:
-            test = fmt_comparison(compare(reference, data.ok_runs[label]))
+            comparisons[label] = compare(reference, data.ok_runs[label])
+            test = fmt_comparison(comparisons[label])
         total = int((data.frame["label"] == label).sum())
         cells = {
             "runs ok": f"{len(data.ok_runs[label])}/{total}",
@@ -102,7 +107,8 @@ def summary(data: ReportData) -> list[str]:
             "accuracy % (mean ± std)": accuracy,
             delta_header: test[0],
             "95% CI": test[1],
-            "McNemar p": test[2],
+            "p": test[2],
+            PER_SEED_HEADER: test[3],
         }
         for key, text in cells.items():
             columns.setdefault(key, []).append(text)
@@ -117,7 +123,7 @@ def summary(data: ReportData) -> list[str]:
         "",
         md_table(["method", *columns], rows),
         "",
-        *summary_notes(data, kinds, columns[delta_header]),
+        *summary_notes(data, kinds, comparisons),
         "",
         "![accuracy vs trainable parameters](accuracy_vs_params.png)",
         "![accuracy vs peak memory](accuracy_vs_memory.png)",
@@ -126,7 +132,9 @@ def summary(data: ReportData) -> list[str]:
     ]
 
 
-def summary_notes(data: ReportData, kinds: list[str], deltas: list[str]) -> list[str]:
+def summary_notes(
+    data: ReportData, kinds: list[str], comparisons: dict[str, Comparison | None]
+) -> list[str]:
     notes = data.values(lambda r: r["metrics"]["memory_note"] if r["status"] == "ok" else None)
     latency_batch = data.values(lambda r: r["config"]["eval"]["latency_batch_size"])
     latency_len = data.values(lambda r: r["config"]["eval"]["latency_seq_len"])
@@ -136,29 +144,111 @@ def summary_notes(data: ReportData, kinds: list[str], deltas: list[str]) -> list
         f"- Memory: {', '.join(kinds) or NA} ({notes}); mean over seeds.",
         "- Latency: each run's forward latency divided by the base model's latency measured "
         f"in the same run, then averaged over seeds (base model: {base_ms} ms per batch of "
-        f"{latency_batch} × {latency_len} tokens); n/a: not measured (base and full have "
-        "nothing to merge; routed methods cannot merge).",
+        f"{latency_batch} × {latency_len} tokens){latency_gaps(data)}.",
         "- Accuracy: macro average over tasks, mean ± sample std over seeds (n/a for one "
         "seed). Held-out perplexity after adaptation measures forgetting (before: "
         f"{ppl_before}).",
-        f"- Δ: paired difference to `{data.baseline}` on per-example correctness (seed s "
-        "paired with baseline seed s, pooled over seeds), macro-averaged over tasks; 95% CI: "
-        f"paired bootstrap stratified by task ({BOOTSTRAP_RESAMPLES:,} resamples, seed 0); "
-        "McNemar p: exact two-sided test on the discordant pairs.",
+        *delta_notes(data, comparisons),
         "- Bold: best value per column among adapted methods (base excluded); trainable "
         "parameters are not marked (they are the budget).",
     ]
-    if data.labels and all(len(data.ok_runs[lb]) <= 1 for lb in data.labels):
-        lines.append(
-            "- One seed per method: no ± and no seed-to-seed variance; the CI covers the "
-            "sampling of test examples only. Re-run with `--seeds 3` before trusting a Δ."
-        )
     if not data.ok_runs.get(data.baseline):
         lines.append(f"- Baseline `{data.baseline}` has no ok run in these records: Δ is n/a.")
-    if any(delta.endswith("†") for delta in deltas):
+    return lines
+
+
+def latency_gaps(data: ReportData) -> str:
+    """ "; n/a: ..." naming the labels whose latency ratios are missing, and why."""
+    reasons: dict[str, list[str]] = {}
+    for label in data.labels:
+        if not data.ok_runs[label]:
+            continue
+        gaps = [
+            kind
+            for kind in ("unmerged", "merged")
+            if not math.isfinite(data.stat(label, f"{kind}_ratio")[0])
+        ]
+        if not gaps:
+            continue
+        method = data.methods[label]
+        if method == "base":
+            why = "the base model itself, no adapter"
+        elif method == "full":
+            why = "full fine-tuning, nothing to merge"
+        elif data.routing.get(label) is not None and gaps == ["merged"]:
+            why = "routed, cannot merge"
+        else:
+            why = f"{' and '.join(gaps)} not measured"
+        reasons.setdefault(why, []).append(label)
+    if not reasons:
+        return ""
+    everyone = [label for label in data.labels if data.ok_runs[label]]
+    return "; n/a: " + "; ".join(
+        f"{'every method' if lbs == everyone else ', '.join(lbs)} ({why})"
+        for why, lbs in reasons.items()
+    )
+
+
+def delta_notes(data: ReportData, comparisons: dict[str, Comparison | None]) -> list[str]:
+    """How every Δ in the report is computed, and what its seeds can and cannot show."""
+    found = {label: c for label, c in comparisons.items() if c is not None}
+    baseline = f"`{data.baseline}`"
+    lines = [
+        f"- Δ: a method's accuracy minus {baseline}'s in points (macro average over tasks), "
+        f"seed by seed: seed s of the method against seed s of {baseline} on the same test "
+        "examples gives one Δ per seed (per-seed Δ, in ascending seed order, with their sd). "
+        "The seeds are combined by a random-effects meta-analysis (docs/statistics.md): Δ "
+        "is their mean weighted by 1 / (example-sampling variance + between-seed variance, "
+        "Paule–Mandel), so it can differ a little from their plain mean; the 95% CI is the "
+        "Hartung–Knapp t interval with k − 1 degrees of freedom for k seeds, and p comes "
+        "from the same t statistic, so p < 0.05 exactly when the CI excludes 0. Test "
+        "examples are not counted as independent across seeds.",
+        f"- Seeds: 3 seeds give wide intervals (t with 2 df: ±{T_975[2]:.2f} standard "
+        f"errors); more seeds narrow them (5 seeds: ±{T_975[4]:.2f}; 10: ±{T_975[9]:.2f}). "
+        "With one seed the interval covers example sampling only: training randomness is "
+        "unmeasured.",
+    ]
+    counts = sorted({c.result.n_seeds for c in found.values()})
+    if len(counts) == 1:
+        lines.append(f"- Seeds paired here: {counts[0]} for every method.")
+    elif counts:
         lines.append(
-            "- †: the baseline lacks some of this method's seeds; those runs are paired with "
-            "the baseline's lowest seed."
+            "- Seeds paired here: "
+            + "; ".join(
+                f"{k} ({', '.join(lb for lb, c in found.items() if c.result.n_seeds == k)})"
+                for k in counts
+            )
+            + "."
+        )
+    if 2 in counts:
+        lines.append(
+            f"- 2 seeds: t with 1 df (±{T_975[1]:.1f} standard errors), so only a very large Δ "
+            "can reach p < 0.05; treat these Δs as descriptive."
+        )
+    fixed = [label for label, c in found.items() if c.fixed]
+    if fixed:
+        lines.append(
+            f"- {', '.join(fixed)}: one deterministic run (nothing is trained, so seeds do not "
+            f"apply); its Δ pairs that run with each {baseline} seed, so its spread is "
+            f"{baseline}'s seed-to-seed spread."
+        )
+    if any(c.result.df is None and math.isfinite(c.result.low) for c in found.values()):
+        lines.append(
+            "- *: the interval covers example sampling only: one seed (training randomness "
+            "unmeasured; re-run with `--seeds 3` before trusting the Δ) or seeds that all "
+            "gave the same Δ."
+        )
+    unpaired = []
+    for label, c in found.items():
+        for side, seeds in c.unpaired:
+            has, lacks = (label, baseline) if side == "candidate" else (baseline, label)
+            listed = ", ".join(map(str, seeds))
+            unpaired.append(f"{has} seed{'s' * (len(seeds) > 1)} {listed} ({lacks} has none)")
+    if unpaired:
+        lines.append(
+            "- †: seeds without a partner are left out, never paired with another seed: "
+            + "; ".join(unpaired)
+            + "."
         )
     return lines
 
