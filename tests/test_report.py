@@ -516,3 +516,57 @@ def test_claims_choose_points_by_rule_and_ignore_label_names_and_order(tmp_path)
         {v: k for k, v in rename.items() if "[" in k or k in ("dora", "lora")},
     )
     assert renamed == plain
+
+
+# ---- plots: every point identifiable -------------------------------------------------------
+
+
+def test_scatter_legend_entries_are_bound_to_their_own_points(tmp_path):
+    """Each legend entry is the point drawn at that label's data; no free text labels.
+
+    Two methods at the same parameter count and nearly the same accuracy (moe-lora and
+    moe-lora-top2 in reports/smollm2): text placed beside points by alternating offsets put
+    each name next to the other's point; legend entries drawn from the points cannot swap.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lorabench.report.plots import accuracy_scatter
+
+    runs = tmp_path / "close" / "runs"
+    runs.mkdir(parents=True)
+    records = [r for r in synthetic_records() if r["label"] != "moe-lora"]
+    records += [
+        record("moe-lora", 0, {"t_a": ones(6), "t_b": ones(5)}, rss=510.0, params=120),
+        record("moe-lora-top2", 0, {"t_a": ones(5), "t_b": ones(5)}, rss=505.0, params=120),
+    ]
+    for rec in records:
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    data = ReportData(load_records(tmp_path / "close"), "lora")
+    for column in ("trainable_params", "peak_rss_mb"):
+        fig = accuracy_scatter(data, column, column, log_x=column == "trainable_params")
+        ax = fig.axes[0]
+        assert len(ax.texts) == 0  # no annotation that could sit by the wrong point
+        points = {c.get_label(): c.lines[0] for c in ax.containers}
+        expected = {
+            lb: (data.stat(lb, column)[0], 100 * data.stat(lb, "accuracy")[0])
+            for lb in data.labels
+            if data.ok_runs[lb] and (data.stat(lb, column)[0] > 0 or column != "trainable_params")
+        }
+        assert set(points) == set(expected)
+        handles, names = ax.get_legend_handles_labels()
+        shown = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert shown == names and set(expected) <= set(shown)
+        for label, (x, y) in expected.items():
+            container = handles[names.index(label)]
+            line = container.lines[0]
+            assert line is points[label]
+            assert (list(line.get_xdata()), list(line.get_ydata())) == ([x], [pytest.approx(y)])
+        styles = {(line.get_color(), line.get_marker()) for line in points.values()}
+        assert len(styles) == len(points)  # no two points look alike
+        # the close pair of the docstring: same x, different points, each under its own name
+        if column == "trainable_params":
+            assert points["moe-lora"].get_xdata()[0] == points["moe-lora-top2"].get_xdata()[0]
+        assert points["moe-lora"].get_ydata()[0] == pytest.approx(55.0)
+        assert points["moe-lora-top2"].get_ydata()[0] == pytest.approx(50.0)
+        matplotlib.pyplot.close(fig)
