@@ -570,3 +570,38 @@ def test_scatter_legend_entries_are_bound_to_their_own_points(tmp_path):
         assert points["moe-lora"].get_ydata()[0] == pytest.approx(55.0)
         assert points["moe-lora-top2"].get_ydata()[0] == pytest.approx(50.0)
         matplotlib.pyplot.close(fig)
+
+
+# ---- wording: sentences say what the numbers say -----------------------------------------------
+
+
+def test_generated_sentences_follow_the_records(tmp_path):
+    """Chance, latency gaps and shared settings are worded from the records at hand."""
+    from lorabench.report import sections
+
+    runs = tmp_path / "words" / "runs"
+    runs.mkdir(parents=True)
+    for rec in synthetic_records():
+        if rec["status"] == "ok":  # the embedded tasks: 2-way sentiment, 4-way arithmetic
+            rename = {"t_a": "lb_sentiment", "t_b": "lb_arithmetic"}
+            ev = rec["metrics"]["eval"]
+            for key in ("per_task", "metric", "per_example"):
+                ev[key] = {rename[t]: v for t, v in ev[key].items()}
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    data = ReportData(load_records(tmp_path / "words"), "lora")
+    assert data.chance == {"lb_arithmetic": 0.25, "lb_sentiment": 0.5}
+    text = "\n".join(sections.per_task(data) + sections.summary(data) + sections.intro(data))
+    assert row(text, "(chance)")[1:] == ["25.0", "50.0"]
+    # base gets nothing right; lora's seeds average 50 % on each task (at chance, not below)
+    assert "Means below chance (a description, not a test): base on lb_arithmetic (0.0), " in text
+    assert "lora on" not in text.split("Means below chance")[1].split("\n")[0]
+    assert (
+        "chance (guessing uniformly among each task's choices): 37.50 % macro; below chance: base (0.00)"
+        in text
+    )
+    # no full row here: the latency note names only what is there
+    assert "full" not in text.split("- Latency:")[1].split("\n")[0]
+    assert "n/a: base (the base model itself, no adapter); mor (routed, cannot merge)" in text
+    assert "Every run starts from the same base model (tiny)" in text
+    assert "share the training data, steps, batch size, learning rate and schedule." in text
+    assert "Seeds: 0, 1 (base: one run, nothing is trained)." in text

@@ -18,6 +18,7 @@ from tabulate import tabulate
 from lorabench.errors import ConfigError
 from lorabench.records import read_record
 from lorabench.report.stats import SeedDelta, mean_std, seed_delta
+from lorabench.tasks.synthetic import CHOICE_METRIC, N_CHOICES, SENTIMENT_CHOICES, TASK_PREFIX
 
 NA = "n/a"
 INTEGER_COLUMNS = (
@@ -168,6 +169,18 @@ def display_path(path: str | Path) -> str:
 
 def _label_rank(label: str, method: str) -> tuple[int, str]:
     return ({"base": 0, "full": 1}.get(method, 2), label)
+
+
+def chance_rate(task: str, metric: str | None) -> float | None:
+    """The accuracy of guessing uniformly among the choices, for the embedded tasks.
+
+    Known only for the embedded multiple-choice tasks (``lb_*`` scored by ``acc,none``):
+    sentiment picks one of two labels, every other task one of ``N_CHOICES``. None for
+    anything else (other tasks' choice counts are not in the records).
+    """
+    if not task.startswith(TASK_PREFIX) or metric != CHOICE_METRIC:
+        return None
+    return 1 / len(SENTIMENT_CHOICES) if task == f"{TASK_PREFIX}sentiment" else 1 / N_CHOICES
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -424,6 +437,19 @@ class ReportData:
             if record.get("status") == "ok":
                 self.ok_runs[record["label"]].append(record)
         self.tasks = sorted(c[4:] for c in self.frame.columns if c.startswith("acc_"))
+        metrics: dict[str, set[str]] = {}
+        for record in records.runs:
+            for task, name in (
+                ((record.get("metrics") or {}).get("eval") or {}).get("metric") or {}
+            ).items():
+                metrics.setdefault(task, set()).add(str(name))
+        #: task -> chance accuracy (fraction), for the tasks where it is known
+        self.chance = {
+            task: rate
+            for task in self.tasks
+            if len(metrics.get(task, ())) == 1
+            and (rate := chance_rate(task, next(iter(metrics[task])))) is not None
+        }
         self.adapted = [self.methods[label] != "base" for label in self.labels]
         self.routing = {lb: routing_summary(self.ok_runs[lb]) for lb in self.labels}
 
