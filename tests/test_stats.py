@@ -205,6 +205,15 @@ def test_power_is_the_noncentral_t_of_the_per_seed_deltas():
     assert power(0.08, 5, 0.0217**2, 0.03**2) == pytest.approx(0.943, abs=0.001)
 
 
+def test_power_stays_finite_for_large_effects():
+    """scipy's noncentral t gives NaN far in its tail; the power must not."""
+    for k in (2, 3, 5, 10):
+        for delta in (0.1, 0.3, 0.6):
+            assert 0.0 < power(delta, k, 0.0, 0.01**2) <= 1.0
+    assert power(0.6, 5, 0.0, 0.01**2) == 1.0
+    assert power(-0.05, 3, 0.0004, 0.0009) == power(0.05, 3, 0.0004, 0.0009)
+
+
 def test_power_single_seed_and_size():
     """One seed: ``|delta| > z sqrt(v)`` while the delta varies with ``v + tau2``; size at 0."""
     v, tau2 = 0.0004, 0.0005

@@ -426,8 +426,14 @@ def power(
         )
     df = n_seeds - 1
     crit = float(stats.t.ppf(tail, df))
-    nc = true_delta / math.sqrt(total / n_seeds)
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    nc = abs(true_delta) / math.sqrt(total / n_seeds)  # the power is symmetric in the sign
+    near = float(stats.nct.sf(crit, df, nc))
+    # The far tail P(T < -crit) is below P(T < 0) = Phi(-nc); scipy's noncentral t returns
+    # NaN there for large nc (e.g. df 4, nc 10), where that bound is below 1e-23.
+    far = float(stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(far):
+        far = 0.0
+    return min(1.0, near + min(far, float(stats.norm.cdf(-nc))))
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
