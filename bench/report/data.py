@@ -460,11 +460,6 @@ class ReportData:
     def mean(self, label: str, column: str, spec: str, scale: float = 1.0) -> str:
         return fmt(scale * self.stat(label, column)[0], spec)
 
-    def label_for(self, method: str) -> str | None:
-        """The label that runs ``method`` (the label equal to it first), or None."""
-        matches = [label for label in self.labels if self.methods[label] == method]
-        return method if method in matches else (matches[0] if matches else None)
-
     def values(self, get: Any) -> str:
         """The sorted distinct non-empty values ``get(record)`` takes, comma-separated."""
         found = set()
