@@ -98,8 +98,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
+    from lorabench import selection
     from lorabench.errors import ConfigError
     from lorabench.run.launch import make_launcher
+    from lorabench.run.protocol import run_protocol, split_stages
     from lorabench.run.suite import load_suite, plan
 
     if args.address and not args.ray:
@@ -109,32 +111,45 @@ def cmd_run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     runs = plan(suite, methods=methods, seeds=_parse_seeds(args.seeds), device=args.device)
     out = Path(args.out) if args.out else Path("results") / suite.settings.name
+    first, later = split_stages(runs)
     if args.dry_run:
         rows = [
-            (r.run_id, r.label, r.seed, (r.config["budget"] or {}).get("reached", "")) for r in runs
-        ]
-        print(tabulate(rows, headers=["run", "method", "seed", "budget reached"]))
+            (r.run_id, r.label, selection.point_text(selection.point_of(r.config)) or "", r.seed,
+             (r.config["budget"] or {}).get("reached", ""), "2 (if chosen)" if r in later else "1")
+            for r in runs
+        ]  # fmt: skip
+        print(tabulate(rows, headers=["run", "method", "grid point", "seed", "budget", "stage"]))
+        if later:
+            print(
+                f"\nstage 1: {len(first)} runs; stage 2: the other seeds at each method's point "
+                f"selected on validation ({selection.RULE})"
+            )
         return 0
     command = "lorabench " + " ".join(args.argv)
     options = dict(retry_failed=args.retry_failed, command=command, progress=not args.no_progress)
-    outcome = launcher.run(suite, runs, out, **options)
+    outcome = run_protocol(launcher, suite, runs, out, **options)
     rows = []
-    for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"])):
+    for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"], r["run_id"])):
         m = r.get("metrics", {})
         acc = m.get("accuracy")
+        val = (m.get("validation") or {}).get("macro_avg")
         tps = m.get("train_tokens_per_s")
         rows.append((
-            r["label"], r["seed"], r["status"],
+            r["label"], selection.point_text(selection.point_of(r)) or "", r["seed"], r["status"],
+            f"{val:.3f}" if val is not None else "n/a",
             f"{acc:.3f}" if acc is not None else "n/a",
             f"{m['trainable_params']:,}" if "trainable_params" in m else "n/a",
             f"{tps:,.0f}" if tps else "n/a",
             "skipped (recorded)" if r in outcome.skipped else f"{m.get('wall_time_s', 0):.0f} s",
         ))  # fmt: skip
-    print(
-        tabulate(
-            rows, headers=["method", "seed", "status", "accuracy", "trainable", "tokens/s", "time"]
+    headers = ["method", "grid point", "seed", "status", "validation", "test accuracy"]
+    print(tabulate(rows, headers=[*headers, "trainable", "tokens/s", "time"]))
+    for label, choice in sorted(outcome.choices.items()):
+        score = "n/a" if choice.score is None else f"{choice.score:.3f}"
+        print(
+            f"{label}: {selection.point_text(choice.point)} selected on validation "
+            f"(seed {choice.seed}, macro {score}; {len(choice.candidates)} points)"
         )
-    )
     print(f"records: {out / 'runs'}")
     failed = [r for r in outcome.records if r["status"] != "ok"]
     return 1 if failed else 0
@@ -158,8 +173,12 @@ def cmd_make_tasks(args: argparse.Namespace) -> int:
     from lorabench.tasks.synthetic import load_split, write_tasks
 
     for task in write_tasks(args.out, args.seed):
-        train, test = (len(load_split(args.out, task, split)) for split in ("train", "test"))
-        print(f"{task:18} train {train:5}  test {test:4}  {Path(args.out) / task}")
+        train, val, test = (
+            len(load_split(args.out, task, split)) for split in ("train", "validation", "test")
+        )
+        print(
+            f"{task:18} train {train:5}  validation {val:4}  test {test:4}  {Path(args.out) / task}"
+        )
     return 0
 
 

@@ -23,6 +23,9 @@ from typing import Any
 SCHEMA_VERSION = 2  # 2: the key "schema" became "schema_version"; records became typed
 STATUSES = ("ok", "failed", "oom", "nan", "killed")
 SCHEMA_FILE = Path(__file__).parent / "schema" / "record.schema.json"
+# metrics.contended: a CPU run whose training used less than this share of its threads'
+# CPU time (process CPU time / (wall time × torch threads)) ran beside other work
+CONTENDED_BELOW = 0.7
 
 
 class RecordError(ValueError):
@@ -51,11 +54,14 @@ class RunConfig:
     chat_template: bool
     inject_fault: str | None
     sweep: dict[str, Any] | None = None  # only on sweep points (absent otherwise)
+    # only on training-grid runs (absent otherwise): {"fields": [...], "seed": s}
+    train_sweep: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if out["sweep"] is None:  # absent, so older configs keep their hash
-            del out["sweep"]
+        for optional in ("sweep", "train_sweep"):
+            if out[optional] is None:  # absent, so older configs keep their hash
+                del out[optional]
         return out
 
     @classmethod
@@ -231,6 +237,8 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     env = {
+        "cpu_capability": _cpu_capability(torch),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -244,3 +252,23 @@ def environment(device: str) -> dict:
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
     return env
+
+
+def _cpu_capability(torch) -> str | None:
+    """The SIMD level torch dispatches CPU kernels to (e.g. AVX2, AVX512): it decides the
+    floating-point results of CPU runs."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

@@ -79,7 +79,7 @@ def record(label, seed, correct=None, status="ok", error=None, **extra) -> dict:
             "seed": seed,
             "tasks_dir": "tasks",
             "train_data": "tasks",
-            "budget": None,
+            "budget": extra.get("budget"),
             "device": "cpu",
             "dtype": "float32",
             "chat_template": False,
@@ -159,6 +159,19 @@ def per_seed_scores(labels: tuple[str, ...]) -> list[dict]:
     ]
 
 
+def summary_table(text: str) -> dict[str, dict[str, str]]:
+    """The summary table as {method label: {column header: cell}} (columns by name)."""
+    section = text.split("## Summary")[1].split("\n## ")[0]
+    body = section[section.index("\n|") + 1 :]
+    lines = body[: body.find("\n\n") if "\n\n" in body else len(body)].splitlines()
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(headers, cells, strict=True))
+    return table
+
+
 def row(text: str, label: str) -> list[str]:
     """The cells of the first table row that starts with ``label``."""
     line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} "))
@@ -186,10 +199,10 @@ def test_report_tables(results_dir, tmp_path):
     assert labels == ["base", "lora", "melora", "moe-lora", "mor", "mora"]
     mor, lora, mora, base = (row(text, lb) for lb in ("mor", "lora", "mora", "base"))
     assert mor[1:4] == ["2/2", "96", "9.600"]
-    assert mor[4] == "**450.0**"  # lowest memory among adapted methods (base excluded)
-    assert mora[5] == "**1,200**" and lora[5] == "1,000"  # tokens/s
-    assert lora[6:8] == ["**1.50**", "1.10"] and mor[6:8] == ["2.00", "n/a"]
-    assert mora[7] == "**1.05**"  # merged latency ratio
+    assert mor[4] == "450.0"  # lowest memory, but these records hold no spread: not bolded
+    assert mora[5] == "1,200" and lora[5] == "1,000"  # tokens/s (no windows: no bold)
+    assert lora[6:8] == ["1.50", "1.10"] and mor[6:8] == ["2.00", "n/a"]
+    assert mora[7] == "1.05"  # merged latency ratio
     assert mor[9] == "**97.50 ± 3.54**" and lora[9] == "50.00 ± 0.00"
     assert mora[9] == "55.00 ± n/a"  # single seed
     assert base[5:8] == ["n/a", "n/a", "n/a"]
@@ -311,11 +324,14 @@ def test_reused_baseline_seed_and_cuda_memory(tmp_path):
         (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     write_report(tmp_path / "mixed", tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert row(text, "method")[4] == "peak memory (MiB)"  # the summary's header row
-    mor = row(text, "mor")
-    assert mor[4] == "**12.5 / 20.0 (cuda)**" and row(text, "lora")[4] == "500.0 (cpu_rss)"
+    summary = summary_table(text)
+    memory = next(c for c in summary["mor"] if c.startswith("peak memory") or "memory" in c)
+    assert summary["mor"][memory] == "12.5 / 20.0 (cuda)"  # unlike kinds are never ranked
+    assert summary["lora"][memory] == "500.0 (cpu_rss)"
     # the baseline lacks seed 1: mor seed 1 is left out (not paired with another seed)
-    assert mor[10] == "+45.00†*" and mor[13] == "+45.0"
+    delta = next(c for c in summary["mor"] if c.startswith("Δ vs"))
+    assert summary["mor"][delta] == "+45.00†*"
+    assert summary["mor"]["per-seed Δ (sd)"].startswith("+45.0")
     assert (
         "†: seeds without a partner are left out, never paired with another seed: mor seed 1 (`lora` has none)."
         in text
@@ -607,3 +623,102 @@ def test_generated_sentences_follow_the_records(tmp_path):
     assert "Every run starts from the same base model (tiny)" in text
     assert "share the training data, steps, batch size, learning rate and schedule." in text
     assert "Seeds: 0, 1 (base: one run, nothing is trained)." in text
+
+
+# ---- lr chosen on validation, honest costs (validation-protocol branch) --------------------
+
+
+def grid_records() -> list[dict]:
+    """lora on an lr grid (validation picks 3e-3, test would pick 1e-2) and mor at a fixed
+    lr; 3 seeds at the chosen lr; latency repeats, throughput windows, training-phase memory."""
+    out = []
+
+    def add(label, seed, lr, val, correct, *, grid=True, rss=500.0, ratio=1.5, tps=1000.0, **kw):
+        rec = record(label, seed, {"t_a": ones(correct), "t_b": ones(correct)}, rss=rss,
+                     params=100, tokens_per_s=tps, latency={"unmerged": 10 * ratio},
+                     method="lora", **kw)  # fmt: skip
+        m = rec["metrics"]
+        m["validation"] = {"per_task": {"t_a": val}, "macro_avg": val, "metric": {}}
+        m["memory"]["phases"] = {"train": {"peak_rss_mb": rss - 100, "method": "vmhwm"}}
+        m["latency_samples_ms"] = {
+            "base": [10.0, 10.2, 9.8, 10.1],
+            "unmerged": [10 * ratio * f for f in (1.0, 1.02, 0.98, 1.01)],
+        }
+        m["train_tokens_per_s_windows"] = [tps * f for f in (0.97, 1.0, 1.03, 1.01)]
+        rec["config"]["train"]["lr"] = lr
+        if grid:
+            rec["config"]["train_sweep"] = {"fields": ["lr"], "seed": 0}
+        rec["env"] |= {"base_weights_sha256": "a" * 64, "cpu_capability": "AVX2",
+                       "cpu_model": "Test CPU"}  # fmt: skip
+        rec["run_id"] = f"{label}-lr{lr}-seed{seed}"
+        out.append(rec)
+        return rec
+
+    add("lora", 0, 1e-3, 0.40, 4)
+    add("lora", 0, 3e-3, 0.60, 5)  # chosen: best validation
+    add("lora", 0, 1e-2, 0.50, 9)  # best test: must not be chosen
+    for seed in (1, 2):
+        add("lora", seed, 3e-3, 0.61, 6)
+    for seed in (0, 1, 2):  # mor: clearly faster training, latency inside lora's spread
+        add("mor", seed, 2e-3, 0.5, 7, grid=False, rss=450.0, ratio=1.5, tps=2000.0,
+            contended=seed == 2)  # fmt: skip
+        out[-1]["metrics"]["contended"] = seed == 2
+    return out
+
+
+def write_runs(folder: Path, records: list[dict]) -> Path:
+    runs = folder / "runs"
+    runs.mkdir(parents=True)
+    for rec in records:
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return folder
+
+
+def test_the_report_shows_the_lr_chosen_on_validation_and_every_lr_in_the_sweep(tmp_path):
+    write_report(write_runs(tmp_path / "grid", grid_records()), tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    summary = text.split("## Summary")[1].split("\n## ")[0]
+    assert row(summary, "method")[1] == "lr"
+    lora, mor = row(summary, "lora"), row(summary, "mor")
+    assert lora[1:3] == ["0.003 (chosen of 3)", "3/3"] and mor[1:3] == ["0.002", "3/3 ‡"]
+    assert lora[10] == "56.67 ± 5.77"  # seeds 0-2 at 3e-3 only: (50 + 60 + 60) / 3
+    assert "by highest validation macro-average accuracy" in summary
+    assert "‡: 1 run(s) used less than 70% of their threads' CPU time" in summary
+    grid = text.split("### Training grid: lr chosen on validation")[1].split("\n## ")[0]
+    rows = [ln for ln in grid.splitlines() if ln.startswith("| lora ")]
+    assert [[c.strip() for c in ln.strip("|").split("|")] for ln in rows] == [
+        ["lora", "0.001", "ok", "40.00", "40.00", ""],
+        ["lora", "0.003", "ok", "**60.00**", "50.00", "chosen (3 seed(s) ok)"],
+        ["lora", "0.01", "ok", "50.00", "90.00", ""],
+    ]
+    setup = text.split("## Setup")[1]
+    assert f"- base weights sha256: {'a' * 64}" in setup and "- CPU model: Test CPU" in setup
+    assert "Warning" not in setup
+
+
+def test_timings_and_memory_are_bold_only_outside_the_spread(tmp_path):
+    write_report(write_runs(tmp_path / "grid", grid_records()), tmp_path / "out")
+    summary = (tmp_path / "out" / "report.md").read_text().split("## Summary")[1]
+    header = row(summary, "method")
+    lora, mor = row(summary, "lora"), row(summary, "mor")
+    assert header[5] == "peak RSS, training (MiB)"  # the training phase, labelled so
+    assert lora[5] == "400.0" and mor[5] == "**350.0**"  # seeds agree: spread 0, apart
+    assert mor[6] == "**2,000**" and lora[6] == "1,000"  # windows do not overlap
+    assert lora[7] == mor[7] == "1.50"  # the same ratios: inside the spread, no bold
+    # overlapping spreads: mor only slightly faster than lora → no bold
+    close = grid_records()
+    for rec in close:
+        if rec["label"] == "mor":
+            rec["metrics"]["train_tokens_per_s_windows"] = [1010.0, 980.0, 1040.0, 1000.0]
+            rec["metrics"]["train_tokens_per_s"] = 1010.0
+    write_report(write_runs(tmp_path / "close", close), tmp_path / "out2")
+    summary = (tmp_path / "out2" / "report.md").read_text().split("## Summary")[1]
+    assert row(summary, "mor")[6] == "1,010" and row(summary, "lora")[6] == "1,000"
+
+
+def test_records_of_different_base_weights_are_flagged(tmp_path):
+    records = grid_records()
+    records[-1]["env"]["base_weights_sha256"] = "b" * 64
+    write_report(write_runs(tmp_path / "mixed", records), tmp_path / "out")
+    setup = (tmp_path / "out" / "report.md").read_text().split("## Setup")[1]
+    assert "**Warning:** these records loaded 2 different base models" in setup

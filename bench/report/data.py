@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
+from lorabench import selection
 from lorabench.errors import ConfigError
 from lorabench.records import read_record
 from lorabench.report.stats import SeedDelta, mean_std, seed_delta
@@ -37,11 +38,17 @@ RUN_COLUMNS = (
 
 @dataclass(frozen=True)
 class Records:
-    """The records of one results folder, one per (label, seed), sorted for reporting."""
+    """The records of one results folder, one per (label, seed), sorted for reporting.
+
+    A training grid's runs are in ``runs`` at the chosen point only; ``grid`` holds every
+    grid record and ``choices`` the choice of each grid method (``lorabench.selection``).
+    """
 
     runs: list[dict]
     unreadable: list[str]  # file names that are not valid records
     superseded: int  # older records of a (label, seed) that a newer one replaced
+    grid: list[dict] = field(default_factory=list)
+    choices: dict[str, selection.Choice] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -210,11 +217,17 @@ def load_records(results_dir: str | Path) -> Records:
             found.append(record)
     if not found:
         raise ConfigError(f"no readable result records in {folder} (expected runs/*.json)")
-    newest: dict[tuple[str, str], dict] = {}
+    newest: dict[tuple, dict] = {}
     for record in sorted(found, key=_freshness):
-        newest[(record["label"], str(record.get("seed")))] = record
-    runs = sorted(newest.values(), key=_run_order)
-    return Records(runs, unreadable, len(found) - len(newest))
+        key = (record["label"], str(record.get("seed")), selection.point_key(record))
+        newest[key] = record
+    grid = sorted(
+        (r for r in newest.values() if selection.grid_of(r.get("config"))), key=_run_order
+    )
+    choices = selection.select(grid)
+    runs = [r for r in newest.values() if selection.is_selected(r, choices)]
+    runs.sort(key=_run_order)
+    return Records(runs, unreadable, len(found) - len(newest), grid, choices)
 
 
 def _freshness(record: dict) -> tuple[bool, str, str]:

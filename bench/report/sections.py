@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import statistics
 from typing import Any
 
+from lorabench import selection
+from lorabench.records import CONTENDED_BELOW
 from lorabench.report.data import (
     NA,
     Comparison,
@@ -129,6 +132,9 @@ def summary(data: ReportData) -> list[str]:
     kinds = sorted(set(data.ok["memory_kind"].dropna()))
     memory = {("cpu_rss",): "peak RSS (MiB)", ("cuda",): "peak CUDA alloc / reserved (MiB)"}
     memory_header = memory.get(tuple(kinds), "peak memory (MiB)")
+    phased = _has_train_phase(data)  # costs: the training phase's own peak where recorded
+    if phased:
+        memory_header = memory_header.replace(" (MiB)", ", training (MiB)")
     delta_header = f"Δ vs {data.baseline} (points)"
     reference = data.ok_runs.get(data.baseline, [])
     comparisons: dict[str, Comparison | None] = {}
@@ -141,6 +147,8 @@ def summary(data: ReportData) -> list[str]:
         )
         if kind == "cuda":
             memory_text += f" / {data.mean(label, 'peak_reserved_mb', '.1f')}"
+        if phased:
+            memory_text = train_memory_text(data.ok_runs[label], kind)
         if len(kinds) > 1 and kind:
             memory_text += f" ({kind})"
         acc, acc_std = data.stat(label, "accuracy")
@@ -153,7 +161,8 @@ def summary(data: ReportData) -> list[str]:
             test = fmt_comparison(comparisons[label])
         total = int((data.frame["label"] == label).sum())
         cells = {
-            "runs ok": f"{len(data.ok_runs[label])}/{total}",
+            **({"lr": lr_text(data, label)} if data.records.choices else {}),
+            "runs ok": f"{len(data.ok_runs[label])}/{total}" + contended_mark(data, label),
             "trainable params": data.mean(label, "trainable_params", ",.0f"),
             "% of base": data.mean(label, "trainable_percent", ".3f"),
             memory_header: memory_text,
@@ -169,11 +178,10 @@ def summary(data: ReportData) -> list[str]:
         }
         for key, text in cells.items():
             columns.setdefault(key, []).append(text)
-    for key in (memory_header, "latency unmerged (× base)", "latency merged (× base)"):
-        bold_best(columns[key], False, data.adapted)
+    for key, samples, higher in cost_columns(data, memory_header):  # outside the spread only
+        bold_outside_spread(columns[key], [samples(lb) for lb in data.labels], higher, data.adapted)
     bold_best(columns["held-out ppl after"], False, data.adapted)
-    for key in ("train tokens/s", "accuracy % (mean ± std)"):
-        bold_best(columns[key], True, data.adapted)
+    bold_best(columns["accuracy % (mean ± std)"], True, data.adapted)
     rows = [[lb] + [columns[k][i] for k in columns] for i, lb in enumerate(data.labels)]
     return [
         "## Summary",
@@ -213,6 +221,7 @@ def summary_notes(
             if data.ok["budget_target"].notna().any()
             else "."
         ),
+        *cost_notes(data),
     ]
     if not data.ok_runs.get(data.baseline):
         lines.append(f"- Baseline `{data.baseline}` has no ok run in these records: Δ is n/a.")
@@ -455,7 +464,9 @@ def setup(data: ReportData) -> list[str]:
     if any("model" in (r.get("env") or {}) for r in data.records.runs):
         bullets.insert(1, ("model source", lambda r: model_source_text(r["env"]["model"])))
     bullets += [(name, lambda r, n=name: r["env"]["versions"][n]) for name in versions]
+    bullets += identity_bullets(data)
     lines = ["## Setup", ""] + [f"- {name}: {data.values(get)}" for name, get in bullets]
+    lines += identity_warnings(data)
     rows = []
     for label in data.labels:
         runs = data.ok_runs[label] or [r for r in data.records.runs if r["label"] == label]
@@ -519,3 +530,198 @@ def model_source_text(source: dict) -> str:
             f"{name} sha256 {digest[:16]}…" for name, digest in source["sha256"].items()
         )
     return f"{source['name']} (revision {source.get('revision') or 'unknown'})"
+
+
+# ---- honest costs, lr selection, reproducibility (validation-protocol branch) ----------------
+#
+# Timings and memory are bolded only where the best method's interquartile range does not
+# overlap any other adapted method's (spread: latency repeats, throughput windows, memory
+# over seeds); contended runs are flagged; a training grid's chosen lr is shown; the Setup
+# lists the base weights' checksum and the floating-point identity, and warns on a mismatch.
+
+
+def _has_train_phase(data: ReportData) -> bool:
+    return any(_train_phase(r) for runs in data.ok_runs.values() for r in runs)
+
+
+def _train_phase(record: dict) -> dict:
+    memory = (record.get("metrics") or {}).get("memory") or {}
+    return (memory.get("phases") or {}).get("train") or {}
+
+
+def _train_memory(record: dict, kind: str | None) -> float:
+    phase = _train_phase(record)
+    return num(phase.get("peak_allocated_mb" if kind == "cuda" else "peak_rss_mb"))
+
+
+def train_memory_text(runs: list[dict], kind: str | None) -> str:
+    """Mean over runs of the training phase's peak (CUDA: allocated / reserved)."""
+    text = fmt(mean_std([_train_memory(r, kind) for r in runs])[0], ".1f")
+    if kind == "cuda":
+        reserved = [num(_train_phase(r).get("peak_reserved_mb")) for r in runs]
+        text += f" / {fmt(mean_std(reserved)[0], '.1f')}"
+    return text
+
+
+def _latency_ratios(runs: list[dict], variant: str) -> list[float]:
+    """Per-round ``variant / base`` ratios of every run (rounds are interleaved)."""
+    ratios = []
+    for record in runs:
+        samples = (record.get("metrics") or {}).get("latency_samples_ms") or {}
+        base, other = samples.get("base") or [], samples.get(variant) or []
+        ratios += [o / b for b, o in zip(base, other, strict=False) if b > 0]
+    return ratios
+
+
+def _windows(runs: list[dict]) -> list[float]:
+    return [
+        float(x)
+        for r in runs
+        for x in (r.get("metrics") or {}).get("train_tokens_per_s_windows") or []
+    ]
+
+
+def cost_columns(data: ReportData, memory_header: str) -> list[tuple[str, Any, bool]]:
+    """(column, label -> spread samples, higher is better) for the summary's cost columns."""
+
+    def memory(label: str) -> list[float]:
+        runs = data.ok_runs[label]
+        kinds = {((r["metrics"].get("memory") or {}).get("kind")) for r in runs}
+        kind = next(iter(kinds)) if len(kinds) == 1 else None
+        if _has_train_phase(data):
+            return [_train_memory(r, kind) for r in runs]
+        key = "peak_allocated_mb" if kind == "cuda" else "peak_rss_mb"
+        return [num((r["metrics"].get("memory") or {}).get(key)) for r in runs]
+
+    return [
+        (memory_header, memory, False),
+        ("train tokens/s", lambda lb: _windows(data.ok_runs[lb]), True),
+        (
+            "latency unmerged (× base)",
+            lambda lb: _latency_ratios(data.ok_runs[lb], "unmerged"),
+            False,
+        ),
+        ("latency merged (× base)", lambda lb: _latency_ratios(data.ok_runs[lb], "merged"), False),
+    ]
+
+
+def iqr(values: list[float]) -> tuple[float, float, float] | None:
+    """(first quartile, median, third quartile) of the finite values; None for fewer than 2."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    if len(finite) < 2:
+        return None
+    q1, median, q3 = statistics.quantiles(finite, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def bold_outside_spread(
+    cells: list[str], samples: list[list[float]], higher: bool, eligible: list[bool]
+) -> None:
+    """Bold (in place) the eligible cell whose median is best, only when its interquartile
+    range lies strictly beyond every other eligible cell's; nothing when a shown value has
+    no spread (fewer than 2 samples) or when ranges overlap."""
+    shown = [i for i, ok in enumerate(eligible) if ok and math.isfinite(_leading(cells[i]))]
+    if len(shown) < 2:
+        return
+    spreads = {i: iqr(samples[i]) for i in shown}
+    if any(spread is None for spread in spreads.values()):
+        return  # some shown value has no measured spread: no ranking
+    sign = 1.0 if higher else -1.0
+    best = max(shown, key=lambda i: sign * spreads[i][1])
+    low, _, high = spreads[best]
+    for i in shown:
+        if i == best:
+            continue
+        other_low, _, other_high = spreads[i]
+        if (higher and low <= other_high) or (not higher and high >= other_low):
+            return
+    cells[best] = f"**{cells[best]}**"
+
+
+def _leading(cell: str) -> float:
+    try:
+        return float(cell.split()[0].replace(",", "").strip("*†‡"))
+    except (IndexError, ValueError):
+        return math.nan
+
+
+def contended_mark(data: ReportData, label: str) -> str:
+    runs = data.ok_runs[label]
+    return " ‡" if any((r.get("metrics") or {}).get("contended") for r in runs) else ""
+
+
+def lr_text(data: ReportData, label: str) -> str:
+    """The lr the label's runs used: the chosen point of a grid (and of how many)."""
+    choice = data.records.choices.get(label)
+    if choice is not None:
+        if choice.point is None:
+            return f"none chosen (of {len(choice.candidates)})"
+        point = selection.point_text(choice.point).replace("lr=", "")
+        return f"{point} (chosen of {len(choice.candidates)})"
+    runs = data.ok_runs[label] or [r for r in data.records.runs if r["label"] == label]
+    if not runs or runs[0].get("method") == "base":
+        return "—"
+    lr = ((runs[0].get("config") or {}).get("train") or {}).get("lr")
+    return f"{lr:g}" if isinstance(lr, int | float) else NA
+
+
+def cost_notes(data: ReportData) -> list[str]:
+    lines = [
+        "- Timings and memory are bolded only outside the spread: the best median's "
+        "interquartile range (over the latency repeats, measured interleaved with the base "
+        "model; over throughput windows; over seeds for memory) must not overlap any other "
+        "adapted method's. No bold where a value has no recorded spread.",
+    ]
+    if _has_train_phase(data):
+        lines.append(
+            "- Memory: the training phase's own peak (the peak counter reset when training "
+            "starts); evaluation is measured as a separate phase in the records."
+        )
+    contended = [
+        r
+        for runs in data.ok_runs.values()
+        for r in runs
+        if (r.get("metrics") or {}).get("contended")
+    ]
+    if contended:
+        lines.append(
+            f"- ‡: {len(contended)} run(s) used less than {CONTENDED_BELOW:.0%} of their threads' "
+            "CPU time while training (process CPU time / (wall time × threads)): other work "
+            "held the CPUs, so their timings, throughput and latency are not comparable."
+        )
+    if data.records.choices:
+        seeds = sorted({c.seed for c in data.records.choices.values()})
+        lines.append(
+            f"- lr: chosen per method on the validation split (seed {', '.join(map(str, seeds))}) "
+            f"by {selection.RULE}; test scores never take part. Every lr's score: see Sweeps."
+        )
+    return lines
+
+
+def identity_bullets(data: ReportData) -> list[tuple[str, Any]]:
+    """Setup bullets for the base weights' checksum and the floating-point identity."""
+    env_keys = {k for r in data.records.runs for k in (r.get("env") or {})}
+    out = []
+    if "base_weights_sha256" in env_keys:
+        out.append(("base weights sha256", lambda r: r["env"]["base_weights_sha256"]))
+    if "cpu_capability" in env_keys:
+        out.append(("CPU kernels (torch capability)", lambda r: r["env"]["cpu_capability"]))
+    if "cpu_model" in env_keys:
+        out.append(("CPU model", lambda r: r["env"]["cpu_model"]))
+    return out
+
+
+def identity_warnings(data: ReportData) -> list[str]:
+    """A warning when the compared records loaded different base weights."""
+    sums = {
+        r["env"]["base_weights_sha256"]
+        for r in data.records.runs
+        if r.get("status") == "ok" and (r.get("env") or {}).get("base_weights_sha256")
+    }
+    if len(sums) <= 1:
+        return []
+    return [
+        "",
+        f"> **Warning:** these records loaded {len(sums)} different base models (base "
+        "weights sha256 differ): the methods were not compared on the same weights.",
+    ]

@@ -64,6 +64,20 @@ def _quiet_hflm():
     return QuietHFLM
 
 
+def _on_split(manager, task: str, split: str):
+    """The lm-eval task ``task`` built as usual, then scored on ``split`` instead of test."""
+    from lm_eval.tasks import get_task_dict
+
+    if hasattr(manager, "load"):
+        built = manager.load([task])["tasks"][task]
+    else:  # older lm-eval
+        built = get_task_dict([task], manager)[task]
+    if split not in built.dataset:
+        raise ValueError(f"task {task} has no {split!r} split (its splits: {list(built.dataset)})")
+    built.config.test_split = split
+    return built
+
+
 def evaluate(
     model,
     tokenizer,
@@ -75,11 +89,13 @@ def evaluate(
     num_fewshot: int = 0,
     chat_template: bool = False,
     progress: bool = True,
+    split: str = "test",
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
     ``include_path``: folder of our task YAMLs; None uses lm-eval's registry (standard
-    benchmarks, which need hub access for their data).
+    benchmarks, which need hub access for their data). ``split``: the data split scored
+    (``test``, the task's own; or e.g. ``validation``, a split its data files also name).
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -93,11 +109,12 @@ def evaluate(
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results, samples = {}, {}
     # One call per task, so that the progress bar can say where evaluation is.
-    for task in tqdm(tasks, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
+    desc = "evaluate" if split == "test" else f"evaluate ({split})"
+    for task in tqdm(tasks, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
         with _preserved_state(model):
             output = lm_eval.simple_evaluate(
                 model=lm,
-                tasks=[task],
+                tasks=[task if split == "test" else _on_split(manager, task, split)],
                 task_manager=manager,
                 num_fewshot=num_fewshot,
                 limit=limit,

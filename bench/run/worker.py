@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -41,7 +42,7 @@ def execute(job: dict) -> dict:
 
         record["env"]["model"] = model_source(config["model"])
         record["metrics"] = measure_run(
-            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"]
+            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"], env=record["env"]
         )
         record["status"] = "ok"
     except NaNLossError as exc:
@@ -58,20 +59,32 @@ def execute(job: dict) -> dict:
 
 
 def measure_run(
-    config: dict, suite_root: Path, out_dir: Path, run_id: str, progress: bool = True
+    config: dict,
+    suite_root: Path,
+    out_dir: Path,
+    run_id: str,
+    progress: bool = True,
+    env: dict | None = None,
 ) -> dict:
-    from lorabench.api.inject import (
-        count_parameters,
-        inject,
-        merge_adapters,
-        save_adapter,
-        unmerge_adapters,
-    )
+    """Load → inject → train → time → evaluate one run; its metrics.
+
+    ``env`` (the record's environment) receives ``base_weights_sha256``, the checksum of
+    the loaded base model taken before anything is injected.
+    """
+    from lorabench.api.inject import count_parameters, inject, save_adapter
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
+    from lorabench.records import CONTENDED_BELOW
     from lorabench.run.evaluate import evaluate
-    from lorabench.run.measure import MemoryMeter, forward_latency_ms, latency_batch
+    from lorabench.run.measure import (
+        MemoryMeter,
+        MergeState,
+        adapters_bypassed,
+        interleaved_latency,
+        latency_batch,
+        state_dict_sha256,
+    )
     from lorabench.tasks import synthetic as task_data
     from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
     from lorabench.train import TrainConfig, train
@@ -82,6 +95,8 @@ def measure_run(
         raise RuntimeError("device is cuda, but torch sees no CUDA device")
     torch.manual_seed(seed)
     model, tokenizer = load_pretrained(config["model"], config["dtype"], str(device))
+    if env is not None:
+        env["base_weights_sha256"] = state_dict_sha256(model)
     meter = MemoryMeter(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -93,8 +108,6 @@ def measure_run(
     }
     _, base_params = count_parameters(model)
     ids = latency_batch(len(tokenizer), ev["latency_batch_size"], ev["latency_seq_len"])
-    with autocast:
-        metrics["latency_ms"] = {"base": forward_latency_ms(model, ids, ev["latency_repeats"])}
     heldout_file = Path(model_path(config["model"], progress=False)) / HELDOUT_FILE
     heldout = heldout_file.read_text().splitlines()[:300] if heldout_file.is_file() else None
     if heldout:
@@ -124,51 +137,69 @@ def measure_run(
         train_cfg = TrainConfig(**config["train"])
         pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
         examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
-        result = train(
-            model, examples, train_cfg, seed=seed, device=device, pad_id=tokenizer.pad_token_id,
-            desc=f"train {config['label']} s{seed}", fault=config.get("inject_fault"), progress=progress,
-        )  # fmt: skip
+        with meter.phase("train"):
+            result = train(
+                model, examples, train_cfg, seed=seed, device=device,
+                pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
+                fault=config.get("inject_fault"), progress=progress,
+            )  # fmt: skip
         metrics.update(
             train_examples=len(examples),
             train_tokens=result.tokens,
             train_tokens_per_s=result.tokens_per_s,
+            train_tokens_per_s_windows=result.tokens_per_s_windows,
             train_time_s=result.train_time_s,
+            cpu_utilisation=result.cpu_utilisation,
             loss_curve=result.loss_curve,
             aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
             final_loss=result.loss_curve[-1],
         )
-        with autocast:
-            metrics["latency_ms"]["unmerged"] = forward_latency_ms(
-                model, ids, ev["latency_repeats"]
-            )
-            if mergeable:
-                merge_adapters(model)
-                metrics["latency_ms"]["merged"] = forward_latency_ms(
-                    model, ids, ev["latency_repeats"]
-                )
-                unmerge_adapters(model)
-    if heldout:
-        metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        if device.type == "cpu" and result.cpu_utilisation is not None:
+            metrics["contended"] = result.cpu_utilisation < CONTENDED_BELOW
+
+    # Latency: the base model (adapters bypassed) and each adapted state, interleaved.
+    variants: dict = {
+        "base": (lambda: adapters_bypassed(model)) if method != "base" else nullcontext
+    }
+    merge_state = MergeState(model) if mergeable else None
+    if method != "base":
+        variants["unmerged"] = merge_state.unmerged if merge_state else nullcontext
+    if merge_state:
+        variants["merged"] = merge_state.merged
+    with autocast:
+        try:
+            samples = interleaved_latency(model, ids, ev["latency_repeats"], variants)
+        finally:
+            if merge_state:
+                merge_state.restore()  # exactly the trained weights again, for evaluation
+    metrics["latency_samples_ms"] = samples
+    metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
 
     include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
-    with autocast:
-        metrics["eval"] = evaluate(
-            model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],
-            limit=ev["limit"], num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"],
-            progress=progress,
-        )  # fmt: skip
-    metrics["accuracy"] = metrics["eval"]["macro_avg"]
-    if tasks_dir is not None:
-        from lorabench.run.diagnostics import routing_diagnostics
-
-        prompts = {
-            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
-            for t in tasks
-        }
+    options = dict(
+        include_path=include, batch_size=ev["batch_size"], limit=ev["limit"],
+        num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"], progress=progress,
+    )  # fmt: skip
+    with meter.phase("eval"):
+        if heldout:
+            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
         with autocast:
-            routing = routing_diagnostics(model, tokenizer, prompts)
-        if routing is not None:
-            metrics["routing"] = routing
+            metrics["eval"] = evaluate(model, tokenizer, tasks, **options)
+            if tasks_dir is not None and task_data.has_validation(tasks_dir, tasks):
+                scored = evaluate(model, tokenizer, tasks, split="validation", **options)
+                metrics["validation"] = {k: scored[k] for k in ("per_task", "macro_avg", "metric")}
+        metrics["accuracy"] = metrics["eval"]["macro_avg"]
+        if tasks_dir is not None:
+            from lorabench.run.diagnostics import routing_diagnostics
+
+            prompts = {
+                t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+                for t in tasks
+            }
+            with autocast:
+                routing = routing_diagnostics(model, tokenizer, prompts)
+            if routing is not None:
+                metrics["routing"] = routing
     if method not in ("base", "full"):
         weights = save_adapter(model, out_dir / "adapters" / run_id)
         metrics["adapter_bytes"] = weights.stat().st_size
