@@ -16,7 +16,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from lorabench.errors import ConfigError
-from lorabench.records import read_record
+from lorabench.records import RecordError, load_record
 from lorabench.report.stats import mcnemar_exact, mean_std, paired_bootstrap_ci
 
 NA = "n/a"
@@ -42,6 +42,8 @@ class Records:
     runs: list[dict]
     unreadable: list[str]  # file names that are not valid records
     superseded: int  # older records of a (label, seed) that a newer one replaced
+    problems: tuple[str, ...] = ()  # "<file>: <why>" for each unreadable file
+    merged: tuple[str, ...] = ()  # what ``merge=True`` combined (empty: nothing to merge)
 
 
 @dataclass(frozen=True)
@@ -143,10 +145,15 @@ def _label_rank(label: str, method: str) -> tuple[int, str]:
 # ---- loading ------------------------------------------------------------------------------
 
 
-def load_records(results_dir: str | Path) -> Records:
+def load_records(results_dir: str | Path, merge: bool = False) -> Records:
     """Records in ``results_dir/runs/*.json`` (or ``results_dir/*.json``), newest per run.
 
-    Raises ConfigError when the folder is missing or holds no readable record.
+    A results folder holds one suite's runs: records of several suites, or records of one
+    (label, seed) with different config hashes, raise ConfigError naming the files, unless
+    ``merge`` (then the newest record per (label, seed) is kept and ``Records.merged``
+    says what was combined). Raises ConfigError when the folder is missing or holds no
+    readable record; files that are not valid records are listed in ``unreadable`` (with
+    the reason in ``problems``) and skipped.
     """
     folder = Path(results_dir)
     if not folder.is_dir():
@@ -157,20 +164,70 @@ def load_records(results_dir: str | Path) -> Records:
             files = sorted(p for p in candidate.glob("*.json") if not p.name.startswith("."))
         if files:
             break
-    found, unreadable = [], []
+    found: list[tuple[str, dict]] = []
+    unreadable, problems = [], []
     for path in files:
-        record = read_record(path)
-        if record is None or not isinstance(record.get("label"), str):
+        try:
+            record = load_record(path)
+            if not isinstance(record["label"], str):
+                raise RecordError(f"{path.name}: label: expected a string")
+            found.append((path.name, record))
+        except RecordError as exc:
             unreadable.append(path.name)
-        else:
-            found.append(record)
+            problems.append(f"{path}: " + str(exc).removeprefix(f"{path.name}: "))
     if not found:
         raise ConfigError(f"no readable result records in {folder} (expected runs/*.json)")
+    merged = _mixed(folder, found, merge)
     newest: dict[tuple[str, str], dict] = {}
-    for record in sorted(found, key=_freshness):
+    for record in sorted((record for _, record in found), key=_freshness):
         newest[(record["label"], str(record.get("seed")))] = record
     runs = sorted(newest.values(), key=_run_order)
-    return Records(runs, unreadable, len(found) - len(newest))
+    return Records(runs, unreadable, len(found) - len(newest), tuple(problems), merged)
+
+
+def _names(files: list[str], limit: int = 4) -> str:
+    shown = ", ".join(files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _mixed(folder: Path, found: list[tuple[str, dict]], merge: bool) -> tuple[str, ...]:
+    """What mixes in ``found``: several suites, several configs of one (label, seed).
+
+    ConfigError naming the files unless ``merge``; with ``merge``, one line per kind.
+    """
+    suites: dict[str, list[str]] = {}
+    configs: dict[tuple[str, str], dict[str, list[str]]] = {}
+    for name, record in found:
+        suites.setdefault(str(record["suite"]), []).append(name)
+        key = (record["label"], str(record.get("seed")))
+        configs.setdefault(key, {}).setdefault(record["config_hash"], []).append(name)
+    conflicts = {key: hashes for key, hashes in configs.items() if len(hashes) > 1}
+    hint = "pass --merge to report them together (the newest record of each run is kept)"
+    if len(suites) > 1 and not merge:
+        listing = "; ".join(f"suite {s}: {_names(n)}" for s, n in sorted(suites.items()))
+        raise ConfigError(
+            f"{folder} holds records of {len(suites)} suites ({listing}); a results folder "
+            f"holds one suite's runs: move the others away, or {hint}"
+        )
+    if conflicts and not merge:
+        listing = "; ".join(
+            f"{label} seed {seed}: {_names([n for names in hashes.values() for n in names])}"
+            for (label, seed), hashes in sorted(conflicts.items())
+        )
+        raise ConfigError(
+            f"{folder} holds records of different configs for {len(conflicts)} run(s) "
+            f"({listing}); move the outdated records away, or {hint}"
+        )
+    merged = []
+    if len(suites) > 1:
+        merged.append(f"records of {len(suites)} suites ({', '.join(sorted(suites))})")
+    if conflicts:
+        runs = ", ".join(f"{label} seed {seed}" for label, seed in sorted(conflicts))
+        merged.append(
+            f"records of different configs for {len(conflicts)} run(s) ({runs}), of which "
+            "the newest is kept"
+        )
+    return tuple(merged)
 
 
 def _freshness(record: dict) -> tuple[bool, str, str]:
