@@ -431,7 +431,7 @@ def test_stale_job_files_are_removed_unless_their_run_is_running(tmp_path):
 def test_the_worker_removes_its_job_file_once_read(tmp_path, monkeypatch):
     from lorabench.run import worker
 
-    job = tmp_path / "runs" / ".job-x.json"
+    job = tmp_path / "runs" / ".x.job"
     job.parent.mkdir()
     job.write_text(json.dumps({"run_id": "x"}))
     seen = []
@@ -596,8 +596,8 @@ def test_ctrl_c_stops_the_worker_says_what_finished_and_exits_130(tmp_path):
     proc = _lorabench("run", suite, "--out", out, "--no-progress", env=env)
     runs = out / "runs"
     # the first run (base) finishes, then Ctrl-C while the second (lora) trains
-    _wait_for(lambda: len(list(runs.glob("*.json"))) == 1 and list(runs.glob(".job-*.json")))
-    _wait_for(lambda: not list(runs.glob(".job-*.json")))  # its worker has read its job
+    _wait_for(lambda: len(list(runs.glob("*.json"))) == 1 and list(runs.glob("*.job")))
+    _wait_for(lambda: not list(runs.glob("*.job")))  # its worker has read its job
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
@@ -607,7 +607,7 @@ def test_ctrl_c_stops_the_worker_says_what_finished_and_exits_130(tmp_path):
     assert "was stopped and left no record" in last and "run the same command again" in last
     [finished] = runs.glob("*.json")
     assert load_record(finished)["status"] == "ok" and load_record(finished)["method"] == "base"
-    assert not list(runs.glob(".job-*")) and not list(tmp_path.glob("lorabench-job-*"))
+    assert not list(runs.glob("*.job")) and not list(tmp_path.glob("lorabench-job-*"))
     log = next((out / "logs").glob("lora-*.log")).read_text()
     assert "interrupted (SIGINT); no record written" in log
     again = _lorabench("run", suite, "--out", out, "--no-progress", env=env)
@@ -644,7 +644,7 @@ def test_two_processes_on_one_results_folder_split_the_runs(tmp_path):
     suite = quick_suite(tmp_path, extra=extra + '[[methods]]\nname = "lora"\n')
     out = tmp_path / "out"
     first = _lorabench("run", suite, "--out", out, "--no-progress")
-    _wait_for(lambda: list((out / "runs").glob(".job-*.json")) or first.poll() is not None)
+    _wait_for(lambda: list((out / "runs").glob("*.job")) or first.poll() is not None)
     second = _lorabench("run", suite, "--out", out, "--no-progress")
     outputs = [p.communicate(timeout=900) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs

@@ -14,7 +14,7 @@ Two ``lorabench run`` on one results folder split the work: each run is done und
 exclusive ``fcntl`` lock on ``runs/.<run_id>.lock``, and a run whose lock another process
 holds is skipped and named. Ctrl-C stops the worker, keeps every finished record and
 raises :class:`lorabench.errors.Interrupted`; running the same command again resumes.
-The job file a worker reads (``runs/.job-<run_id>.json``) is removed on every exit path
+The job file a worker reads (``runs/.<run_id>.job``) is removed on every exit path
 (by the worker once read, by the launcher afterwards, and by the next launch if both were
 killed).
 """
@@ -71,7 +71,7 @@ def record_path(out_dir: Path, run: RunSpec) -> Path:
 
 
 def job_path(out_dir: Path, run: RunSpec) -> Path:
-    return out_dir / RUNS_DIR / f".job-{run.run_id}.json"
+    return out_dir / RUNS_DIR / f".{run.run_id}.job"
 
 
 def lock_path(out_dir: Path, run: RunSpec) -> Path:
@@ -93,7 +93,13 @@ class RunLock:
         self.handle = None
 
     def acquire(self) -> bool:
-        handle = open(self.path, "a+")
+        """True when this process now holds the lock (or no lock file can be made there:
+        then the run goes ahead unlocked, and its record to a fallback location)."""
+        try:
+            handle = open(self.path, "a+")
+        except OSError as exc:
+            log.warning("cannot lock %s (%s); running without a lock", self.path, exc.strerror)
+            return True
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,7 +192,10 @@ def interrupted_message(
     recorded = sum(
         1 for run in runs if record_problem(record_path(out_dir, run), config_hash(run.config))[0]
     )
-    stopped = f"; run {current.run_id} was stopped and left no record" if current else ""
+    done = current and record_problem(record_path(out_dir, current), config_hash(current.config))[0]
+    stopped = (
+        f"; run {current.run_id} was stopped and left no record" if current and not done else ""
+    )
     return (
         f"interrupted: {recorded} of {len(runs)} runs are recorded in {out_dir / RUNS_DIR} "
         f"({len(outcome.executed)} finished now){stopped}; run the same command again to "
