@@ -72,7 +72,7 @@ def record(label, seed, correct=None, status="ok", error=None, **extra) -> dict:
         "label": label,
         "method": method,
         "seed": seed,
-        "config": {
+        "config": {  # every RunConfig field, so that the record is valid (load_record)
             "suite": "synthetic",
             "label": label,
             "method": method,

@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from lorabench import selection
 from lorabench.errors import ConfigError
-from lorabench.records import read_record
+from lorabench.records import RecordError, load_record
 from lorabench.report.stats import SeedDelta, mean_std, seed_delta
 from lorabench.tasks.synthetic import CHOICE_METRIC, N_CHOICES, SENTIMENT_CHOICES, TASK_PREFIX
 
@@ -49,6 +49,8 @@ class Records:
     superseded: int  # older records of a (label, seed) that a newer one replaced
     grid: list[dict] = field(default_factory=list)
     choices: dict[str, selection.Choice] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()  # "<file>: <why>" for each unreadable file
+    merged: tuple[str, ...] = ()  # what ``merge=True`` combined (empty: nothing to merge)
 
 
 @dataclass(frozen=True)
@@ -194,10 +196,15 @@ def chance_rate(task: str, metric: str | None) -> float | None:
 # ---- loading ------------------------------------------------------------------------------
 
 
-def load_records(results_dir: str | Path) -> Records:
+def load_records(results_dir: str | Path, merge: bool = False) -> Records:
     """Records in ``results_dir/runs/*.json`` (or ``results_dir/*.json``), newest per run.
 
-    Raises ConfigError when the folder is missing or holds no readable record.
+    A results folder holds one suite's runs: records of several suites, or records of one
+    (label, seed) with different config hashes, raise ConfigError naming the files, unless
+    ``merge`` (then the newest record per (label, seed) is kept and ``Records.merged``
+    says what was combined). Raises ConfigError when the folder is missing or holds no
+    readable record; files that are not valid records are listed in ``unreadable`` (with
+    the reason in ``problems``) and skipped.
     """
     folder = Path(results_dir)
     if not folder.is_dir():
@@ -208,26 +215,81 @@ def load_records(results_dir: str | Path) -> Records:
             files = sorted(p for p in candidate.glob("*.json") if not p.name.startswith("."))
         if files:
             break
-    found, unreadable = [], []
+    found: list[tuple[str, dict]] = []
+    unreadable, problems = [], []
     for path in files:
-        record = read_record(path)
-        if record is None or not isinstance(record.get("label"), str):
+        try:
+            record = load_record(path)
+            if not isinstance(record["label"], str):
+                raise RecordError(f"{path.name}: label: expected a string")
+            found.append((path.name, record))
+        except RecordError as exc:
             unreadable.append(path.name)
-        else:
-            found.append(record)
+            problems.append(f"{path}: " + str(exc).removeprefix(f"{path.name}: "))
     if not found:
         raise ConfigError(f"no readable result records in {folder} (expected runs/*.json)")
+    merged = _mixed(folder, found, merge)
     newest: dict[tuple, dict] = {}
-    for record in sorted(found, key=_freshness):
-        key = (record["label"], str(record.get("seed")), selection.point_key(record))
-        newest[key] = record
+    for record in sorted((record for _, record in found), key=_freshness):
+        newest[_run_key(record)] = record
     grid = sorted(
         (r for r in newest.values() if selection.grid_of(r.get("config"))), key=_run_order
     )
     choices = selection.select(grid)
     runs = [r for r in newest.values() if selection.is_selected(r, choices)]
     runs.sort(key=_run_order)
-    return Records(runs, unreadable, len(found) - len(newest), grid, choices)
+    return Records(
+        runs, unreadable, len(found) - len(newest), grid, choices, tuple(problems), merged
+    )
+
+
+def _run_key(record: dict) -> tuple:
+    """One run: its label, seed and training-grid point (an lr grid holds several per seed)."""
+    return (record["label"], str(record.get("seed")), selection.point_key(record))
+
+
+def _names(files: list[str], limit: int = 4) -> str:
+    shown = ", ".join(files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _mixed(folder: Path, found: list[tuple[str, dict]], merge: bool) -> tuple[str, ...]:
+    """What mixes in ``found``: several suites, several configs of one (label, seed).
+
+    ConfigError naming the files unless ``merge``; with ``merge``, one line per kind.
+    """
+    suites: dict[str, list[str]] = {}
+    configs: dict[tuple, dict[str, list[str]]] = {}
+    for name, record in found:
+        suites.setdefault(str(record["suite"]), []).append(name)
+        configs.setdefault(_run_key(record), {}).setdefault(record["config_hash"], []).append(name)
+    conflicts = {key[:2]: hashes for key, hashes in configs.items() if len(hashes) > 1}
+    hint = "pass --merge to report them together (the newest record of each run is kept)"
+    if len(suites) > 1 and not merge:
+        listing = "; ".join(f"suite {s}: {_names(n)}" for s, n in sorted(suites.items()))
+        raise ConfigError(
+            f"{folder} holds records of {len(suites)} suites ({listing}); a results folder "
+            f"holds one suite's runs: move the others away, or {hint}"
+        )
+    if conflicts and not merge:
+        listing = "; ".join(
+            f"{label} seed {seed}: {_names([n for names in hashes.values() for n in names])}"
+            for (label, seed), hashes in sorted(conflicts.items())
+        )
+        raise ConfigError(
+            f"{folder} holds records of different configs for {len(conflicts)} run(s) "
+            f"({listing}); move the outdated records away, or {hint}"
+        )
+    merged = []
+    if len(suites) > 1:
+        merged.append(f"records of {len(suites)} suites ({', '.join(sorted(suites))})")
+    if conflicts:
+        runs = ", ".join(f"{label} seed {seed}" for label, seed in sorted(conflicts))
+        merged.append(
+            f"records of different configs for {len(conflicts)} run(s) ({runs}), of which "
+            "the newest is kept"
+        )
+    return tuple(merged)
 
 
 def _freshness(record: dict) -> tuple[bool, str, str]:

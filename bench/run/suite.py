@@ -353,10 +353,13 @@ def plan(
     methods: list[str] | None = None,
     seeds: list[int] | None = None,
     device: str | None = None,
+    trust_suite_code: bool = False,
 ) -> list[RunSpec]:
-    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first."""
+    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first
+    (``lorabench.run.checks``; ``trust_suite_code`` allows task configs that run code)."""
     from lorabench.api.inject import parse_targets
     from lorabench.records import config_hash
+    from lorabench.run.checks import check_plan
 
     s = suite.settings
     where = str(suite.path)
@@ -373,7 +376,8 @@ def plan(
         entries = [
             m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
         ]
-    seeds = list(seeds) if seeds else list(s.seeds)
+    seeds = list(seeds) if seeds is not None else list(s.seeds)
+    check_plan(suite, entries, seeds, device, trust_suite_code=trust_suite_code)
     try:
         from lorabench.models.zoo import target_shapes
 
