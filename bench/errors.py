@@ -30,3 +30,15 @@ class AdapterFileError(LorabenchError, ValueError):
 
 class ModelSourceError(LorabenchError, RuntimeError):
     """A built-in model could not be fetched, verified, converted or built."""
+
+
+class OutputError(LorabenchError, OSError):
+    """An output folder (``--out``) cannot be created or written."""
+
+
+class SuiteCodeError(ConfigError):
+    """A suite's task configs would make lm-eval import Python, and ``--trust-suite-code`` is off."""
+
+
+class Interrupted(LorabenchError):
+    """The user interrupted a suite (Ctrl-C); the message says what finished. Exit status 130."""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -26,6 +28,9 @@ SCHEMA_FILE = Path(__file__).parent / "schema" / "record.schema.json"
 # metrics.contended: a CPU run whose training used less than this share of its threads'
 # CPU time (process CPU time / (wall time × torch threads)) ran beside other work
 CONTENDED_BELOW = 0.7
+UNSAVED_DIR = "lorabench-unsaved-records"  # fallback folder in the system temp folder
+
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -180,11 +185,19 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+def default_file_mode() -> int:
+    """The mode an ordinary new file gets under the user's umask (0644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Temp file in the same folder, fsync, rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; records are ordinary files
         with os.fdopen(fd, "w") as handle:
             json.dump(obj, handle, indent=2, sort_keys=True, default=str)
             handle.write("\n")
@@ -194,6 +207,101 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """``folder`` (absolute) if files can be written there, creating nothing; else OutputError.
+
+    A missing folder is fine when its nearest existing ancestor is a writable folder (it
+    is created later). Writability is probed by creating and removing a temporary file,
+    which also catches read-only file systems and, unlike permission bits, root's limits.
+    """
+    from lorabench.errors import OutputError
+
+    target = Path(folder).expanduser().absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} {folder}: cannot write there ({probe} is not a folder)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lorabench-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {folder}: cannot write there ({exc.strerror or exc}: {probe})"
+        ) from exc
+    return target
+
+
+def fallback_record_paths(path: Path) -> list[Path]:
+    """Where a record goes when ``path`` cannot be written: the system temp folder, then
+    beside the results folder (``RESULTS/runs/x.json`` → ``RESULTS.unsaved/x.json``)."""
+    results = Path(path).absolute().parent.parent
+    return [
+        Path(tempfile.gettempdir()) / UNSAVED_DIR / Path(path).name,
+        results.parent / f"{results.name}.unsaved" / Path(path).name,
+    ]
+
+
+def save_record(path: Path, record: dict) -> Path:
+    """Write ``record`` to ``path`` atomically; if that fails, to the first fallback that
+    works (saying where on the log and on stderr); the path written.
+
+    Metrics are never dropped: if no file can be written at all, the record goes to stderr
+    as JSON and OSError is raised.
+    """
+    try:
+        write_json_atomic(path, record)
+        return path
+    except OSError as exc:
+        first = exc
+    for fallback in fallback_record_paths(path):
+        try:
+            write_json_atomic(fallback, record)
+        except OSError:
+            continue
+        message = (
+            f"cannot write record {path} ({first.strerror or first}); saved it to {fallback}; "
+            "the next `lorabench run` of this suite moves it into place"
+        )
+        log.warning(message)
+        print(f"lorabench: warning: {message}", file=sys.stderr, flush=True)
+        return fallback
+    print(
+        f"lorabench: error: cannot write record {path} nor any fallback; the record follows:\n"
+        + json.dumps(record, sort_keys=True, default=str),
+        file=sys.stderr,
+        flush=True,
+    )
+    raise first
+
+
+def record_problem(path: Path, expected_hash: str | None = None) -> tuple[dict | None, str | None]:
+    """``(record, None)`` when ``path`` holds a valid record of the expected config,
+    ``(None, None)`` when there is no file, else ``(None, why)`` in a few words.
+
+    Valid: it loads through :func:`load_record`, its ``config_hash`` is the hash of its
+    ``config``, its file name is its ``run_id`` and ends with the hash, and (when given)
+    the hash is ``expected_hash``, the planned run's.
+    """
+    if not path.exists():
+        return None, None
+    try:
+        record = load_record(path)
+    except RecordError as exc:
+        return None, str(exc).removeprefix(f"{path.name}: ")
+    digest = record["config_hash"]
+    if config_hash(record["config"]) != digest:
+        return None, "its config_hash is not the hash of its config (edited by hand?)"
+    if record["run_id"] != path.stem or not path.stem.endswith(digest[:8]):
+        return None, f"its run_id {record['run_id']!r} / config hash does not match the file name"
+    if expected_hash is not None and digest != expected_hash:
+        return None, "its config is not the planned run's config"
+    return record, None
 
 
 def read_record(path: Path) -> dict | None:

@@ -181,10 +181,11 @@ def _preset(name: str, peft_type: str, r: int | None, about: str) -> None:
         bases=(PeftTunerConfig,),
         namespace={"__post_init__": check_type},
     )
-    register_method(name, config=preset, size_knob="r", description=about)(PeftTunerLinear)
+    knob_name = "r" if r is not None else None  # a type without a rank has no size knob
+    register_method(name, config=preset, size_knob=knob_name, description=about)(PeftTunerLinear)
 
 
 _preset("vera", "VERA", 256, "VeRA (Kopiczko et al. 2024) through peft")
-_preset("ia3", "IA3", None, "(IA)^3 (Liu et al. 2022) through peft; no size knob")
+_preset("ia3", "IA3", None, "(IA)^3 (Liu et al. 2022) through peft")
 _preset("loha", "LOHA", 8, "LoHa (Hadamard product of low-rank pairs) through peft")
 _preset("lokr", "LOKR", 8, "LoKr (Kronecker product) through peft")

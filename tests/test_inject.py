@@ -126,3 +126,22 @@ def test_adapted_model_generates(tmp_path):
     inject(model, "moe-lora-top2", None, "all-linear")
     out = model.generate(**toy_batch(batch=1, length=4), max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 7)
+
+
+def test_records_and_adapters_follow_the_umask(tmp_path):
+    """mkstemp and safetensors create 0600 files; ours get the user's umask like any file."""
+    import os
+    import stat
+
+    from lorabench.records import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "r.json", {"a": 1})
+        model = tiny_model()
+        inject(model, "lora", None, "all-linear")
+        weights = save_adapter(model, tmp_path / "adapter")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE(weights.stat().st_mode) == 0o644

@@ -55,10 +55,10 @@ def test_only_lorabench_is_importable(cwd, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.network  # the isolated build environment fetches setuptools from the registry
 def test_wheel_contains_only_lorabench(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("lorabench-*.whl")
@@ -281,3 +281,15 @@ def test_no_project_file_points_outside_the_repository():
             continue
         text = path.read_text(errors="ignore")
         assert not any(outside in text for outside in OUTSIDE), path
+
+
+def test_display_path_keeps_an_absolute_path_outside_the_working_folder(tmp_path, monkeypatch):
+    from lorabench.report.data import display_path
+
+    inside = tmp_path / "work"
+    (inside / "results").mkdir(parents=True)
+    monkeypatch.chdir(inside)
+    assert display_path("results/x") == "results/x"
+    assert display_path(inside / "results") == "results"
+    elsewhere = tmp_path / "elsewhere" / "report"
+    assert display_path(elsewhere) == elsewhere.resolve().as_posix()

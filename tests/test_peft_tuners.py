@@ -70,8 +70,18 @@ def test_budget_fitting_tunes_the_peft_rank():
     shapes = [(128, 384)] * 4
     config, count = fit_budget("loha", build_config(get_method("loha"), None), shapes, 8192, 0.25)
     assert config.r == 2 and count == 4 * 2 * 2 * (128 + 384)  # LoHa: two rank-r pairs per layer
-    with pytest.raises(ConfigError, match=r"ia3.*IA3Config has no rank field r"):
+    with pytest.raises(ConfigError, match=r"^ia3: has no size knob, so a parameter budget"):
         fit_budget("ia3", build_config(get_method("ia3"), None), shapes, 8192, 0.25)
+
+
+def test_list_says_ia3_has_no_size_knob(capsys):
+    from lorabench.cli import main
+
+    assert main(["list"]) == 0
+    lines = {line.split(" — ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["ia3"].endswith("[mergeable; no size knob]"), lines["ia3"]
+    assert "size knob: r" not in lines["ia3"]
+    assert lines["loha"].endswith("; size knob: r]")
 
 
 @pytest.mark.parametrize(

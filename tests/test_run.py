@@ -127,6 +127,7 @@ def smoke_records(tmp_path_factory):
     return suite, runs, out, outcome
 
 
+@pytest.mark.slow
 def test_every_run_leaves_a_complete_record(smoke_records):
     suite, runs, out, outcome = smoke_records
     assert [r["status"] for r in outcome.executed] == ["ok"] * 4, [
@@ -173,12 +174,15 @@ def test_every_run_leaves_a_complete_record(smoke_records):
             assert m["trainable_params"] == m["base_params"] and "adapter_bytes" not in m
 
 
+@pytest.mark.slow
 def test_rerunning_a_suite_trains_nothing(smoke_records):
     suite, runs, out, _ = smoke_records
     again = run_suite(suite, runs, out, progress=False)
     assert again.executed == [] and len(again.skipped) == 4
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_runs_give_the_same_records_and_resume(smoke_records, tmp_path):
     """`--ray`: a local Ray instance with 2 CPU workers runs suites/smoke's runs; records match."""
     ray = pytest.importorskip("ray", reason="Ray is the optional extra lorabench[ray]")
@@ -221,6 +225,7 @@ def test_ray_flag_without_ray_is_a_one_line_error(monkeypatch, capsys):
     assert "--address is the Ray cluster to run on; it needs --ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_loss_and_accuracy(smoke_records, tmp_path):
     suite, runs, out, outcome = smoke_records
     lora = next(r for r in runs if r.label == "lora")
@@ -230,6 +235,7 @@ def test_same_seed_gives_the_same_loss_and_accuracy(smoke_records, tmp_path):
     assert second["metrics"]["eval"]["per_example"] == first["metrics"]["eval"]["per_example"]
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_with_their_status_and_the_suite_goes_on(tmp_path):
     suite = load_suite(fault_suite(tmp_path))
     outcome = run_suite(suite, plan(suite), tmp_path / "out", progress=False)
@@ -256,6 +262,7 @@ def test_failures_are_recorded_with_their_status_and_the_suite_goes_on(tmp_path)
     assert [r["status"] for r in retried.executed] == ["failed"]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_suite_loses_nothing_and_the_next_run_resumes(tmp_path):
     out = tmp_path / "out"
     cmd = [

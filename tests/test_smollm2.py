@@ -19,6 +19,8 @@ from lorabench.models.cache import build_once
 from lorabench.models.zoo import load_config, load_pretrained, model_source
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_fetch_convert_load(tmp_path, monkeypatch):
     monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path / "cache"))
     folder = smollm2.ensure_smollm2(progress=False)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorabench.api.registry import build_config, get_method
 from lorabench.errors import ConfigError
@@ -29,6 +30,8 @@ name = "lora"
 
 def write_suite(tmp_path, suite_extra="", train_extra="", method_extra="", text=None):
     path = tmp_path / "suite.toml"
+    if not (tmp_path / "tasks").exists():  # the default tasks_dir, checked by plan()
+        (tmp_path / "tasks").symlink_to(SUITES / "tasks")
     path.write_text(
         text
         or MINIMAL.format(
@@ -165,8 +168,9 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
         "fields": ["lr"],
         "seed": 0,
     }
-    subset = plan(suite, methods=["lora"], seeds=[5], device="cuda")
-    assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, "cuda")] * 3
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # no CUDA: cuda is refused
+    subset = plan(suite, methods=["lora"], seeds=[5], device=device)
+    assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, device)] * 3
     assert {r.config["train_sweep"]["seed"] for r in subset} == {5}
     assert {r.label for r in plan(suite, methods=["dora"])} == {"dora"}
     with pytest.raises(ConfigError, match="--methods: 'vera' is not in suite tiny"):
@@ -179,12 +183,13 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
 )
 def test_shipped_suites_parse_and_plan(name):
     suite = load_suite(SUITES / f"{name}.toml")
-    runs = plan(suite)
+    no_cuda = suite.settings.device == "cuda" and not torch.cuda.is_available()
+    runs = plan(suite, device="cpu" if no_cuda else None)  # without CUDA, cuda is refused
     assert runs and all(r.config["suite"] == name for r in runs)
     if name == "mor-paper":
         counts = {r.label: r.config["method_config"] for r in runs}
         assert counts["mor"] == {**counts["mor"], "r": 8, "num_experts": 8}
-        assert suite.settings.tasks_dir is None and runs[0].config["device"] == "cuda"
+        assert suite.settings.tasks_dir is None and suite.settings.device == "cuda"
 
 
 SWEEP = """

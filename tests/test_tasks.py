@@ -180,11 +180,16 @@ def test_sentiment_is_balanced():
 
 
 @pytest.fixture(scope="module")
-def task_manager():
+def task_manager(tmp_path_factory):
+    """lm-eval over the committed tasks as the evaluator gives them: data files absolute."""
     from lm_eval.tasks import TaskManager
 
+    from lorabench.tasks.lm_eval_yaml import lm_eval_task_folder
+
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    tmp = tmp_path_factory.mktemp("lm_eval_tasks")
+    folder = lm_eval_task_folder(TASKS_DIR, tmp / "tasks", tmp / "cache")
+    return TaskManager(include_path=str(folder), include_defaults=False)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The method conformance kit: the seven properties of docs/methods.md, for any plugin.
+"""The method conformance kit: the properties of docs/methods.md, for any plugin.
 
 Every registered method (in-tree or from an entry point) runs through these checks in
 ``tests/test_conformance.py``; a third-party plugin can call :func:`run_all` from its own
@@ -26,7 +26,7 @@ from lorabench.api.inject import (
     save_adapter,
     unmerge_adapters,
 )
-from lorabench.api.registry import get_method
+from lorabench.api.registry import build_config, get_method
 from lorabench.errors import MergeError
 
 TARGETS = "all-linear"
@@ -150,6 +150,37 @@ def check_merge(method: str, config=None, family: str = "llama") -> None:
     torch.testing.assert_close(_logits(model, batch), unmerged, rtol=1e-5, atol=1e-5)
 
 
+def check_biased_layer(method: str, config=None, family: str = "llama") -> None:
+    """On an ``nn.Linear`` with a non-zero bias: ΔW is the weight part of Δ (its constant
+    part is no column of ΔW), and merging keeps the layer's output (bias changes included)."""
+    spec = get_method(method)
+    g = torch.Generator().manual_seed(3)
+    linear = torch.nn.Linear(16, 8, bias=True)  # divisible by MELoRA's n
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(8, 16, generator=g))
+        linear.bias.copy_(torch.randn(8, generator=g))
+    layer = spec.adapt(linear, build_config(spec, config))
+    with torch.no_grad():
+        for param in layer.parameters():
+            if param.requires_grad:
+                param.add_(0.1 * torch.randn(param.shape, generator=g))
+    layer.eval()
+    x = torch.randn(7, 16, generator=g)
+    zero = torch.zeros(1, 16)
+    with torch.no_grad():
+        before = layer(x)
+        if not spec.mergeable:
+            return
+        weight_part = (before - layer(zero)) - (layer.base_layer(x) - layer.base_layer(zero))
+        torch.testing.assert_close(
+            x @ layer.delta_weight().T, weight_part, rtol=1e-5, atol=1e-5, msg=method
+        )
+        layer.merge()
+        torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5, msg=method)
+        layer.unmerge()
+        torch.testing.assert_close(layer(x), before, rtol=1e-5, atol=1e-5, msg=method)
+
+
 def check_save_load_roundtrip(method: str, config=None, family: str = "llama") -> None:
     _, model, injection = _adapted(method, config, family)
     perturb_adapters(model)
@@ -198,6 +229,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "param_count": check_param_count,
     "merge": check_merge,
     "save_load_roundtrip": check_save_load_roundtrip,
+    "biased_layer": check_biased_layer,
     "training_step": check_training_step,
 }
 

@@ -22,6 +22,7 @@ from lorabench.api.layer import AdaptedLinear
 from lorabench.api.registry import MethodSpec, build_config, get_method
 from lorabench.api.routing import Router, TokenMask
 from lorabench.errors import AdapterFileError, TargetError
+from lorabench.records import default_file_mode
 
 ALL_LINEAR = "all-linear"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -201,7 +202,9 @@ def save_adapter(model: nn.Module, folder: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
     meta = injection.to_json()
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"lorabench": json.dumps(meta)})
+    weights = folder / ADAPTER_WEIGHTS
+    save_file(tensors, str(weights), metadata={"lorabench": json.dumps(meta)})
+    weights.chmod(default_file_mode())  # safetensors creates it 0600; use the user's umask
     (folder / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return folder / ADAPTER_WEIGHTS
 

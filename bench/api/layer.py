@@ -108,11 +108,17 @@ class AdaptedLinear(nn.Module):
         return out + self.delta(self.dropout(x), x).to(out.dtype)
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW (``d_out × d_in``) with ``x @ ΔW.T == Δ(x)`` (dropout off)."""
+        """ΔW (``d_out × d_in``) with ``x @ ΔW.T == Δ(x) - Δ(0)`` (dropout off).
+
+        Pushes the identity through ``delta`` and subtracts the response to a zero input: a
+        branch that also shifts the bias (peft's (IA)³ scales ``W x + b``) is affine, and its
+        constant part belongs to the bias, not to every column of ΔW.
+        """
         self._require_mergeable()
         p = next(self.parameters())
         eye = torch.eye(self.in_features, device=p.device, dtype=p.dtype)
-        return self.delta(eye, eye).T
+        zero = torch.zeros(1, self.in_features, device=p.device, dtype=p.dtype)
+        return (self.delta(eye, eye) - self.delta(zero, zero)).T
 
     def merge(self) -> None:
         self._require_mergeable()

@@ -38,7 +38,7 @@ class MethodSpec:
     name: str
     config_cls: type
     layer_cls: type
-    size_knob: str = "r"
+    size_knob: str | None = "r"  # None: the method has no size knob (e.g. (IA)³)
     description: str = ""
 
     @property
@@ -72,7 +72,7 @@ _discovered = False
 
 
 def register_method(
-    name: str, *, config: type, size_knob: str = "r", description: str = ""
+    name: str, *, config: type, size_knob: str | None = "r", description: str = ""
 ) -> Callable[[type], type]:
     """Class decorator: register an AdaptedLinear subclass under ``name`` with ``config``.
 
@@ -104,7 +104,7 @@ def add_method(spec: MethodSpec) -> MethodSpec:
             f"method '{spec.name}': config must be a dataclass, got {spec.config_cls!r}"
         )
     names = {f.name for f in dataclasses.fields(spec.config_cls)}
-    if spec.size_knob not in names:
+    if spec.size_knob is not None and spec.size_knob not in names:
         raise TypeError(f"method '{spec.name}': size knob '{spec.size_knob}' is not a config field")
     for attr in ("param_count", "mergeable"):
         if not hasattr(spec.layer_cls, attr):

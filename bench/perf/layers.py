@@ -18,13 +18,12 @@ position effects hit every variant alike.
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-
 import dataclasses
 import statistics
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -127,8 +126,7 @@ def train_step_model(variant: str, seed: int = 0) -> tuple[Callable[[], None], i
     from transformers.utils import logging as hf_logging
 
     from lorabench.api.inject import collect_aux_loss, inject
-    from lorabench.models.zoo import load_pretrained
-    from lorabench.models.zoo import target_shapes
+    from lorabench.models.zoo import load_pretrained, target_shapes
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per variant is noise here
     model, _ = load_pretrained("tiny")

@@ -1,7 +1,9 @@
 """Accuracy through lm-eval, on the in-memory model, offline.
 
 ``simple_evaluate`` runs on ``HFLM(pretrained=model, tokenizer=tokenizer)`` with a
-``TaskManager`` over our task folder (or lm-eval's registry for standard tasks). We keep
+``TaskManager`` over our task folder (or lm-eval's registry for standard tasks): a temporary
+copy of its YAMLs with the data files as absolute paths and a fresh datasets cache
+(:func:`lorabench.tasks.lm_eval_yaml.lm_eval_task_folder`), removed afterwards. We keep
 per-example correctness for paired statistics, restore the model's train/eval mode and
 the global RNG states (lm-eval reseeds and advances them), and keep its output quiet.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,15 +100,35 @@ def evaluate(
     benchmarks, which need hub access for their data). ``split``: the data split scored
     (``test``, the task's own; or e.g. ``validation``, a split its data files also name).
     """
-    import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from lorabench.tasks.lm_eval_yaml import lm_eval_task_folder
+
     _quiet_lm_eval()
-    manager = (
-        TaskManager(include_path=str(include_path), include_defaults=False)
-        if include_path is not None
-        else TaskManager()
-    )
+    if include_path is None:
+        return _evaluate(model, tokenizer, tasks, TaskManager(), batch_size, limit,
+                         num_fewshot, chat_template, progress, split)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="lorabench-eval-") as tmp:
+        folder = lm_eval_task_folder(include_path, Path(tmp) / "tasks", Path(tmp) / "cache")
+        manager = TaskManager(include_path=str(folder), include_defaults=False)
+        return _evaluate(model, tokenizer, tasks, manager, batch_size, limit,
+                         num_fewshot, chat_template, progress, split)  # fmt: skip
+
+
+def _evaluate(
+    model,
+    tokenizer,
+    tasks,
+    manager,
+    batch_size,
+    limit,
+    num_fewshot,
+    chat_template,
+    progress,
+    split,
+) -> dict:
+    import lm_eval
+
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results, samples = {}, {}
     # One call per task, so that the progress bar can say where evaluation is.

@@ -53,10 +53,15 @@ def run_protocol(launcher, suite: Suite, runs: list[RunSpec], out_dir: Path, **o
     first, candidates = split_stages(runs)
     stage1 = launcher.run(suite, first, out_dir, **options)
     outcome = ProtocolOutcome(list(stage1.executed), list(stage1.skipped))
+    outcome.held = list(stage1.held)
     if not candidates:
         return outcome
     wanted = {r.run_id for r in first}
     outcome.choices = selection.select([r for r in stage1.records if r["run_id"] in wanted])
+    for label in sorted({run.label for run, _ in stage1.held} & set(outcome.choices)):
+        # another process still trains part of this grid: choose when every point is in
+        log.info("%s: part of its grid runs elsewhere; no choice yet (rerun to continue)", label)
+        del outcome.choices[label]
     for label, choice in outcome.choices.items():
         log.info(
             "%s: %s selected on validation (seed %d, macro %s)",
@@ -71,4 +76,5 @@ def run_protocol(launcher, suite: Suite, runs: list[RunSpec], out_dir: Path, **o
         stage2 = launcher.run(suite, second, out_dir, **options)
         outcome.executed += stage2.executed
         outcome.skipped += stage2.skipped
+        outcome.held += stage2.held
     return outcome

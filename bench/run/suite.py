@@ -315,6 +315,8 @@ def fit_budget(
     ``tolerance`` (relative).
     """
     spec = get_method(method)
+    if spec.size_knob is None:
+        raise ConfigError(f"{method}: has no size knob, so a parameter budget cannot be met")
     best = None
     first_error: ConfigError | None = None
     for value in range(1, max_value + 1):
@@ -351,10 +353,13 @@ def plan(
     methods: list[str] | None = None,
     seeds: list[int] | None = None,
     device: str | None = None,
+    trust_suite_code: bool = False,
 ) -> list[RunSpec]:
-    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first."""
+    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first
+    (``lorabench.run.checks``; ``trust_suite_code`` allows task configs that run code)."""
     from lorabench.api.inject import parse_targets
     from lorabench.records import config_hash
+    from lorabench.run.checks import check_plan
 
     s = suite.settings
     where = str(suite.path)
@@ -371,7 +376,8 @@ def plan(
         entries = [
             m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
         ]
-    seeds = list(seeds) if seeds else list(s.seeds)
+    seeds = list(seeds) if seeds is not None else list(s.seeds)
+    check_plan(suite, entries, seeds, device, trust_suite_code=trust_suite_code)
     try:
         from lorabench.models.zoo import target_shapes
 
@@ -390,6 +396,11 @@ def plan(
         if entry.name not in REFERENCE_ROWS:
             cfg = build_config(entry.name, entry.config)
             knob_name = get_method(entry.name).size_knob
+            if s.param_budget is not None and knob_name is None:
+                raise ConfigError(
+                    f"{where}: method '{entry.label}' has no size knob, so param_budget cannot "
+                    "be met; run it in a suite without param_budget"
+                )
             if s.param_budget is not None and knob_name not in entry.config:
                 try:
                     cfg, reached = fit_budget(

@@ -1,8 +1,11 @@
 """One run, in its own process: load → inject → train → measure → evaluate → record.
 
 Started by `lorabench.run.launch_local` as ``python -m lorabench.run.worker RUN_JSON``; the JSON holds the run's
-full config. Whatever happens, the record is written atomically with its status: ``ok``,
-``failed`` (an exception), ``oom`` (out of memory) or ``nan`` (non-finite loss).
+full config; the worker removes that file once read. Whatever happens, the record is written
+atomically with its status: ``ok``, ``failed`` (an exception), ``oom`` (out of memory) or
+``nan`` (non-finite loss); if the results folder cannot be written, it goes to a fallback
+file (``lorabench.records.save_record`` says where) and the launcher picks it up. Ctrl-C
+(SIGINT) stops the run without a record and exit status 130, so that a rerun does it again.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lorabench.records import new_record, write_json_atomic
+from lorabench.records import new_record, save_record
 
 log = logging.getLogger("lorabench.run.worker")
 
@@ -54,7 +57,7 @@ def execute(job: dict) -> dict:
         record["traceback"] = traceback.format_exc(limit=-8)
     record["metrics"]["wall_time_s"] = time.perf_counter() - started
     record["finished_at"] = _now()
-    write_json_atomic(Path(job["record_path"]), record)
+    save_record(Path(job["record_path"]), record)
     return record
 
 
@@ -216,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[logging.FileHandler(log_file)] if log_file else None,
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    job = json.loads(Path(argv[0]).read_text())
-    record = execute(job)
+    job_file = Path(argv[0])
+    job = json.loads(job_file.read_text())
+    job_file.unlink(missing_ok=True)  # it holds the full config; nothing else needs it now
+    try:
+        record = execute(job)
+    except KeyboardInterrupt:
+        log.info("%s: interrupted (SIGINT); no record written", job["run_id"])
+        return 130
     return 0 if record["status"] == "ok" else 1
 
 
