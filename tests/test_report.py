@@ -195,34 +195,50 @@ def test_report_tables(results_dir, tmp_path):
     assert text.startswith("# lorabench report: suite synthetic")
     assert "lorabench run suites/synthetic.toml --out results/synthetic" in text
     # summary: order base, full?, then alphabetical; values, bold best, n/a where absent
-    labels = [ln.split("|")[1].strip() for ln in text.split("## Summary")[1].splitlines()[4:10]]
-    assert labels == ["base", "lora", "melora", "moe-lora", "mor", "mora"]
-    mor, lora, mora, base = (row(text, lb) for lb in ("mor", "lora", "mora", "base"))
-    assert mor[1:4] == ["2/2", "96", "9.600"]
-    assert mor[4] == "450.0"  # lowest memory, but these records hold no spread: not bolded
-    assert mora[5] == "1,200" and lora[5] == "1,000"  # tokens/s (no windows: no bold)
-    assert lora[6:8] == ["1.50", "1.10"] and mor[6:8] == ["2.00", "n/a"]
-    assert mora[7] == "1.05"  # merged latency ratio
-    assert mor[9] == "**97.50 ± 3.54**" and lora[9] == "50.00 ± 0.00"
-    assert mora[9] == "55.00 ± n/a"  # single seed
-    assert base[5:8] == ["n/a", "n/a", "n/a"]
+    table = summary_table(text)
+    assert list(table) == ["base", "lora", "melora", "moe-lora", "mor", "mora"]
+
+    def cell(label: str, header_start: str) -> str:
+        """The summary cell of ``label`` in the column whose header starts so."""
+        if header_start in table[label]:
+            return table[label][header_start]
+        (header,) = [h for h in table[label] if h.startswith(header_start)]
+        return table[label][header]
+
+    assert [cell("mor", h) for h in ("runs ok", "trainable params", "% of base")] == [
+        "2/2", "96", "9.600",
+    ]  # fmt: skip
+    assert cell("mor", "peak") == "450.0"  # lowest memory, but no spread recorded: not bolded
+    assert cell("mora", "train tokens/s") == "1,200" and cell("lora", "train tokens/s") == "1,000"
+    assert [cell("lora", "latency unmerged"), cell("lora", "latency merged")] == ["1.50", "1.10"]
+    assert [cell("mor", "latency unmerged"), cell("mor", "latency merged")] == ["2.00", "n/a"]
+    assert cell("mora", "latency merged") == "1.05"
+    assert (
+        cell("mor", "accuracy") == "**97.50 ± 3.54**" and cell("lora", "accuracy") == "50.00 ± 0.00"
+    )
+    assert cell("mora", "accuracy") == "55.00 ± n/a"  # single seed
+    assert [cell("base", h) for h in ("train tokens/s", "latency unmerged", "latency merged")] == [
+        "n/a", "n/a", "n/a",
+    ]  # fmt: skip
     # Δ against lora: seed s of mor vs seed s of lora, combined over the 2 seeds
     expected = seed_delta(*per_seed_scores(("lora", "mor")))
     assert expected.per_seed == pytest.approx((0.45, 0.50))
-    assert mor[10:14] == [
+    assert [cell("mor", h) for h in ("Δ vs lora", "95% CI", "p", "per-seed Δ")] == [
         f"{100 * expected.estimate:+.2f}",
         f"[{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]",
         f"{expected.p_value:.3f}",
         "+45.0, +50.0 (sd 3.5)",
     ]
-    assert lora[10:14] == ["baseline", "", "", ""]
+    assert [cell("lora", h) for h in ("Δ vs lora", "95% CI", "p", "per-seed Δ")] == [
+        "baseline", "", "", "",
+    ]  # fmt: skip
     # base: its one run paired with each lora seed (0 correct against 10/20 and 10/20)
+    assert cell("base", "Δ vs lora") == "-50.00*"
     assert (
-        base[10] == "-50.00*"
-        and base[13] == "-50.0, -50.0 (sd 0.0; base: one run, paired with each seed)"
+        cell("base", "per-seed Δ") == "-50.0, -50.0 (sd 0.0; base: one run, paired with each seed)"
     )
     assert "base: one deterministic run" in text
-    assert row(text, "melora")[1] == "0/1" and row(text, "melora")[9] == "n/a ± n/a"
+    assert cell("melora", "runs ok") == "0/1" and cell("melora", "accuracy") == "n/a ± n/a"
     # per-task table, router diagnostics, setup
     per_task = text.split("## Per-task accuracy")[1]
     assert row(per_task, "mor")[1:] == ["**100.0**", "**95.0**"]
@@ -451,18 +467,27 @@ def test_ablation_section_sets_measured_shapes_beside_the_paper(tmp_path):
     assert "Verdict: agrees: mor grows more gently than moe-lora." in growth
 
 
-def test_committed_ablation_growth_table_equals_methods_md():
-    """reports/mor-ablation-tiny: MoR (r=8) and MoE-LoRA (r_e=2) on tiny's FFN, N = 2…16."""
-    text = (REPORTS / "mor-ablation-tiny" / "report.md").read_text()
+def test_ablation_growth_table_regenerated_equals_the_closed_forms(tmp_path):
+    """reports/mor-ablation-tiny regenerated from its records: MoR (r=8) and MoE-LoRA
+    (r_e=2) on tiny's FFN, N = 2…16, against the formulas written out here."""
+    write_report(REPORTS / "mor-ablation-tiny", tmp_path, baseline="mor-N[num_experts=8]")
+    text = (tmp_path / "report.md").read_text()
     growth = text.split("### Parameter growth with num_experts")[1]
+    lines = [ln for ln in growth.split("\n\n")[2].splitlines()]
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {
+        cells[0]: dict(zip(headers, cells, strict=True))
+        for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])
+    }
     ffn = [(128, 384), (128, 384), (384, 128)] * 4  # gate, up, down of 4 layers
     for n in (2, 4, 8, 12, 16):
         mor = sum(
             8 * (i + o) + n * (8 + o) + n * i for i, o in ffn
         )  # r(d_in+d_out)+N(r+d_out)+N d_in
         moe = sum(n * 2 * (i + o) + n * i for i, o in ffn)  # N r_e (d_in+d_out) + N d_in
-        cells = row(growth, str(n))
-        assert cells[1:5] == [f"{mor:,}", f"{mor:,}", f"{moe:,}", f"{moe:,}"], n
+        got = table[str(n)]
+        assert got["mor-N measured"] == got["mor-N closed form"] == f"{mor:,}", n
+        assert got["moe-lora-N measured"] == got["moe-lora-N closed form"] == f"{moe:,}", n
 
 
 # ---- claims compare like with like ----------------------------------------------------------

@@ -108,11 +108,19 @@ def evaluate(
     if include_path is None:
         return _evaluate(model, tokenizer, tasks, TaskManager(), batch_size, limit,
                          num_fewshot, chat_template, progress, split)  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="lorabench-eval-") as tmp:
-        folder = lm_eval_task_folder(include_path, Path(tmp) / "tasks", Path(tmp) / "cache")
-        manager = TaskManager(include_path=str(folder), include_defaults=False)
-        return _evaluate(model, tokenizer, tasks, manager, batch_size, limit,
-                         num_fewshot, chat_template, progress, split)  # fmt: skip
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a "Generating split" bar per task and split is noise
+    try:
+        with tempfile.TemporaryDirectory(prefix="lorabench-eval-") as tmp:
+            folder = lm_eval_task_folder(include_path, Path(tmp) / "tasks", Path(tmp) / "cache")
+            manager = TaskManager(include_path=str(folder), include_defaults=False)
+            return _evaluate(model, tokenizer, tasks, manager, batch_size, limit,
+                             num_fewshot, chat_template, progress, split)  # fmt: skip
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def _evaluate(
