@@ -93,21 +93,28 @@ def evaluate(
     chat_template: bool = False,
     progress: bool = True,
     split: str = "test",
+    splits: tuple[str, ...] | None = None,
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
     ``include_path``: folder of our task YAMLs; None uses lm-eval's registry (standard
     benchmarks, which need hub access for their data). ``split``: the data split scored
     (``test``, the task's own; or e.g. ``validation``, a split its data files also name).
+    ``splits``: several splits scored in one go, sharing the task folder, its data cache
+    and the model wrapper; the result is then ``{split: result}``.
     """
     from lm_eval.tasks import TaskManager
 
     from lorabench.tasks.lm_eval_yaml import lm_eval_task_folder
 
     _quiet_lm_eval()
+    wanted = tuple(splits) if splits else (split,)
+    lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    options = (lm, limit, num_fewshot, chat_template, progress)
     if include_path is None:
-        return _evaluate(model, tokenizer, tasks, TaskManager(), batch_size, limit,
-                         num_fewshot, chat_template, progress, split)  # fmt: skip
+        manager = TaskManager()
+        scored = {s: _evaluate(model, tasks, manager, *options, s) for s in wanted}
+        return scored if splits else scored[split]
     import datasets
 
     bars = datasets.is_progress_bar_enabled()
@@ -116,28 +123,18 @@ def evaluate(
         with tempfile.TemporaryDirectory(prefix="lorabench-eval-") as tmp:
             folder = lm_eval_task_folder(include_path, Path(tmp) / "tasks", Path(tmp) / "cache")
             manager = TaskManager(include_path=str(folder), include_defaults=False)
-            return _evaluate(model, tokenizer, tasks, manager, batch_size, limit,
-                             num_fewshot, chat_template, progress, split)  # fmt: skip
+            scored = {s: _evaluate(model, tasks, manager, *options, s) for s in wanted}
     finally:
         if bars:
             datasets.enable_progress_bars()
+    return scored if splits else scored[split]
 
 
 def _evaluate(
-    model,
-    tokenizer,
-    tasks,
-    manager,
-    batch_size,
-    limit,
-    num_fewshot,
-    chat_template,
-    progress,
-    split,
+    model, tasks, manager, lm, limit, num_fewshot, chat_template, progress, split
 ) -> dict:
     import lm_eval
 
-    lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results, samples = {}, {}
     # One call per task, so that the progress bar can say where evaluation is.
     desc = "evaluate" if split == "test" else f"evaluate ({split})"
