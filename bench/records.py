@@ -25,9 +25,20 @@ from typing import Any
 SCHEMA_VERSION = 2  # 2: the key "schema" became "schema_version"; records became typed
 STATUSES = ("ok", "failed", "oom", "nan", "killed")
 SCHEMA_FILE = Path(__file__).parent / "schema" / "record.schema.json"
-# metrics.contended: a CPU run whose training used less than this share of its threads'
-# CPU time (process CPU time / (wall time × torch threads)) ran beside other work
+# metrics.contended: a CPU run ran beside other work when, while training, it used less
+# than CONTENDED_BELOW of its threads' CPU time (process CPU time / (wall time × torch
+# threads)), or its threads waited for a CPU more than CONTENDED_WAIT_ABOVE of that time
+# (run-queue wait: busy-waiting threads keep the CPU time high on a crowded machine)
 CONTENDED_BELOW = 0.7
+CONTENDED_WAIT_ABOVE = 0.1
+
+
+def is_contended(cpu_utilisation: float, cpu_wait_fraction: float | None) -> bool:
+    """The ``metrics.contended`` rule (thresholds above)."""
+    waited = cpu_wait_fraction is not None and cpu_wait_fraction > CONTENDED_WAIT_ABOVE
+    return cpu_utilisation < CONTENDED_BELOW or waited
+
+
 UNSAVED_DIR = "lorabench-unsaved-records"  # fallback folder in the system temp folder
 
 log = logging.getLogger(__name__)

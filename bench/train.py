@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -77,6 +78,25 @@ class TrainResult:
     tokens_per_s_windows: list[float] = field(default_factory=list)
     # process CPU time (all threads) / (wall time × torch threads) over the training loop
     cpu_utilisation: float | None = None
+    # time the process's threads were runnable but waited for a CPU / (wall × torch threads)
+    cpu_wait_fraction: float | None = None
+
+
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (the second
+    field of Linux's ``/proc/self/task/*/schedstat``); None where that is not available.
+
+    Busy-waiting OpenMP threads keep the CPU time high while another process holds the
+    cores, so utilisation alone misses contention; run-queue waiting does not.
+    """
+    total, found = 0, False
+    for path in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(path.read_text().split()[1])
+            found = True
+        except (OSError, ValueError, IndexError):  # a thread that just exited
+            continue
+    return total / 1e9 if found else None
 
 
 def throughput_windows(
@@ -159,6 +179,7 @@ def train(
     measured_tokens: list[int] = []
     measured_time: list[float] = []
     model.train()
+    wait_started = run_queue_wait_s()
     cpu_started, wall_started = time.process_time(), time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for step in bar:
@@ -209,6 +230,10 @@ def train(
     if wall > 0:
         cpu = time.process_time() - cpu_started
         result.cpu_utilisation = cpu / (wall * torch.get_num_threads())
+        wait_ended = run_queue_wait_s()
+        if wait_started is not None and wait_ended is not None:
+            waited = max(0.0, wait_ended - wait_started)
+            result.cpu_wait_fraction = waited / (wall * torch.get_num_threads())
     if sum(measured_time) > 0:
         result.tokens_per_s = sum(measured_tokens) / sum(measured_time)
         result.tokens_per_s_windows = throughput_windows(measured_tokens, measured_time)

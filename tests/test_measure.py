@@ -163,3 +163,4 @@ def test_throughput_windows_and_cpu_utilisation():
                    seed=0, progress=False)  # fmt: skip
     assert len(result.tokens_per_s_windows) == 10
     assert result.cpu_utilisation is not None and 0 < result.cpu_utilisation <= 1.5
+    assert result.cpu_wait_fraction is None or 0 <= result.cpu_wait_fraction <= 1.5

@@ -710,7 +710,7 @@ def test_the_report_shows_the_lr_chosen_on_validation_and_every_lr_in_the_sweep(
     assert lora[1:3] == ["0.003 (chosen of 3)", "3/3"] and mor[1:3] == ["0.002", "3/3 ‡"]
     assert lora[10] == "56.67 ± 5.77"  # seeds 0-2 at 3e-3 only: (50 + 60 + 60) / 3
     assert "by highest validation macro-average accuracy" in summary
-    assert "‡: 1 run(s) used less than 70% of their threads' CPU time" in summary
+    assert "‡: 1 run(s) ran beside other work while training" in summary
     grid = text.split("### Training grid: lr chosen on validation")[1].split("\n## ")[0]
     rows = [ln for ln in grid.splitlines() if ln.startswith("| lora ")]
     assert [[c.strip() for c in ln.strip("|").split("|")] for ln in rows] == [

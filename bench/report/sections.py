@@ -13,7 +13,7 @@ import statistics
 from typing import Any
 
 from lorabench import selection
-from lorabench.records import CONTENDED_BELOW
+from lorabench.records import CONTENDED_BELOW, CONTENDED_WAIT_ABOVE
 from lorabench.report.data import (
     NA,
     Comparison,
@@ -695,9 +695,11 @@ def cost_notes(data: ReportData) -> list[str]:
     ]
     if contended:
         lines.append(
-            f"- ‡: {len(contended)} run(s) used less than {CONTENDED_BELOW:.0%} of their threads' "
-            "CPU time while training (process CPU time / (wall time × threads)): other work "
-            "held the CPUs, so their timings, throughput and latency are not comparable."
+            f"- ‡: {len(contended)} run(s) ran beside other work while training: they used "
+            f"less than {CONTENDED_BELOW:.0%} of their threads' CPU time (process CPU time / "
+            f"(wall time × threads)), or their threads waited for a CPU more than "
+            f"{CONTENDED_WAIT_ABOVE:.0%} of it (run-queue wait); their timings, throughput and "
+            "latency are not comparable."
         )
     if data.records.choices:
         seeds = sorted({c.seed for c in data.records.choices.values()})

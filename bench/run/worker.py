@@ -78,7 +78,7 @@ def measure_run(
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
-    from lorabench.records import CONTENDED_BELOW
+    from lorabench.records import is_contended
     from lorabench.run.evaluate import evaluate
     from lorabench.run.measure import (
         MemoryMeter,
@@ -153,12 +153,13 @@ def measure_run(
             train_tokens_per_s_windows=result.tokens_per_s_windows,
             train_time_s=result.train_time_s,
             cpu_utilisation=result.cpu_utilisation,
+            cpu_wait_fraction=result.cpu_wait_fraction,
             loss_curve=result.loss_curve,
             aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
             final_loss=result.loss_curve[-1],
         )
         if device.type == "cpu" and result.cpu_utilisation is not None:
-            metrics["contended"] = result.cpu_utilisation < CONTENDED_BELOW
+            metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
 
     # Latency: the base model (adapters bypassed) and each adapted state, interleaved.
     variants: dict = {
@@ -186,11 +187,15 @@ def measure_run(
     with meter.phase("eval"):
         if heldout:
             metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
+        splits = ("test", "validation") if validation else ("test",)
         with autocast:
-            metrics["eval"] = evaluate(model, tokenizer, tasks, **options)
-            if tasks_dir is not None and task_data.has_validation(tasks_dir, tasks):
-                scored = evaluate(model, tokenizer, tasks, split="validation", **options)
-                metrics["validation"] = {k: scored[k] for k in ("per_task", "macro_avg", "metric")}
+            scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
+        metrics["eval"] = scored["test"]
+        if validation:
+            metrics["validation"] = {
+                k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
+            }
         metrics["accuracy"] = metrics["eval"]["macro_avg"]
         if tasks_dir is not None:
             from lorabench.run.diagnostics import routing_diagnostics
