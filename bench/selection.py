@@ -53,6 +53,23 @@ class Choice:
     candidates: list[Candidate] = field(default_factory=list)
 
 
+def edges(choice: Choice) -> dict[str, str]:
+    """``{field: "lowest" | "highest"}`` for each numeric field of a grid of 3 or more
+    values whose chosen value is at the end of that grid: the best value may lie beyond it."""
+    out: dict[str, str] = {}
+    if choice.point is None:
+        return out
+    for name in choice.fields:
+        values = {c.point.get(name) for c in choice.candidates}
+        numbers = sorted(v for v in values if isinstance(v, int | float))
+        if len(numbers) < 3 or len(numbers) != len(values):
+            continue
+        chosen = choice.point.get(name)
+        if chosen == numbers[0] or chosen == numbers[-1]:
+            out[name] = "lowest" if chosen == numbers[0] else "highest"
+    return out
+
+
 def grid_of(config: dict | None) -> dict | None:
     """``config["train_sweep"]`` (``{"fields": [...], "seed": s}``) or None for other runs."""
     sweep = (config or {}).get("train_sweep")

@@ -97,6 +97,17 @@ def test_test_scores_never_influence_the_choice():
         assert selection.select(tampered)["lora"] == choice
 
 
+def test_a_choice_at_an_end_of_its_grid_is_flagged():
+    def choice(vals, lrs=(1e-3, 3e-3, 1e-2)):
+        records = [grid_record("m", lr, val=v, test=0.5) for lr, v in zip(lrs, vals, strict=True)]
+        return selection.select(records)["m"]
+
+    assert selection.edges(choice([0.5, 0.4, 0.3])) == {"lr": "lowest"}
+    assert selection.edges(choice([0.3, 0.4, 0.5])) == {"lr": "highest"}
+    assert selection.edges(choice([0.3, 0.5, 0.4])) == {}  # bracketed: an interior optimum
+    assert selection.edges(choice([0.3, 0.5], lrs=(1e-3, 1e-2))) == {}  # 2 values: no interior
+
+
 def test_only_the_selection_seed_counts_and_scoreless_methods_have_no_point():
     records = [
         grid_record("lora", 1e-3, seed=0, val=0.2, test=0.2),

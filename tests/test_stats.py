@@ -512,3 +512,14 @@ def test_mean_std_and_pareto_front():
     # (cost, value): (3, 5) is dominated by (2, 6); (4, 6) by (2, 6); (1, 1) and (5, 9) are not
     points = [(3, 5), (2, 6), (1, 1), (4, 6), (5, 9), (float("nan"), 10)]
     assert pareto_front(points) == [1, 2, 4]
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    from lorabench.report.stats import holm
+
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": float("nan")})
+    # sorted: a 0.01 × 3 = 0.03; c 0.03 × 2 = 0.06; b 0.04 × 1 = 0.04 → raised to 0.06
+    assert adjusted == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert "d" not in adjusted
+    assert holm({"x": 0.6, "y": 0.7}) == {"x": 1.0, "y": 1.0}  # capped at 1
+    assert holm({}) == {}

@@ -443,6 +443,22 @@ def power(
     return min(1.0, near + min(far, float(stats.norm.cdf(-nc))))
 
 
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error control).
+
+    Written here because scipy offers Benjamini–Hochberg (``false_discovery_control``,
+    which controls the false-discovery rate) but not Holm: "is any of these methods
+    really different from the baseline" is a family-wise question. The i-th smallest of
+    m p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``; NaNs are left out.
+    """
+    finite = sorted((p, key) for key, p in p_values.items() if math.isfinite(p))
+    m, running, out = len(finite), 0.0, {}
+    for rank, (p, key) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[key] = running
+    return out
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (ddof=1) of the finite values.
 

@@ -90,7 +90,9 @@ def grid_lines(data: ReportData) -> list[str]:
                     candidate.status,
                     f"**{fmt(score, '.2f')}**" if chosen else fmt(score, ".2f"),
                     fmt(100 * test, ".2f"),
-                    f"chosen ({seeds_at_choice} seed(s) ok)" if chosen else "",
+                    (f"chosen ({seeds_at_choice} seed(s) ok)" + _edge_text(choice))
+                    if chosen
+                    else "",
                 ]
             )
     seeds = ", ".join(str(s) for s in sorted({c.seed for c in choices.values()}))
@@ -109,6 +111,11 @@ def grid_lines(data: ReportData) -> list[str]:
         ),
         "",
     ]
+
+
+def _edge_text(choice: selection.Choice) -> str:
+    edge = selection.edges(choice)
+    return "; " + ", ".join(f"{v} {k} of the grid" for k, v in edge.items()) if edge else ""
 
 
 def config_sweep_lines(data: ReportData) -> list[str]:
