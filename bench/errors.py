@@ -30,3 +30,7 @@ class AdapterFileError(LorabenchError, ValueError):
 
 class ModelSourceError(LorabenchError, RuntimeError):
     """A built-in model could not be fetched, verified, converted or built."""
+
+
+class TaskSourceError(LorabenchError, RuntimeError):
+    """A built-in task source (``commonsense``) could not be fetched, verified or converted."""
