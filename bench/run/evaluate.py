@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -71,15 +72,21 @@ def evaluate(
     *,
     include_path: str | Path | None,
     batch_size: int = 32,
-    limit: int | None = None,
+    limit: int | Mapping[str, int] | None = None,
     num_fewshot: int = 0,
     chat_template: bool = False,
     progress: bool = True,
+    limit_seed: int | None = None,
+    primary: Mapping[str, str] | None = None,
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
     ``include_path``: folder of our task YAMLs; None uses lm-eval's registry (standard
-    benchmarks, which need hub access for their data).
+    benchmarks, which need hub access for their data). ``limit``: items per task, one
+    number or ``{task: n}`` (tasks not named: all items); lm-eval's first ``n`` unless
+    ``limit_seed`` is set, then a seeded random subset (:func:`seeded_subset`), the same
+    for every method and seed. ``primary``: ``{task: metric}`` to rank a task on (e.g.
+    ``acc_norm``) instead of the first of :data:`PRIMARY_METRICS` it reports.
     """
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -94,13 +101,15 @@ def evaluate(
     results, samples = {}, {}
     # One call per task, so that the progress bar can say where evaluation is.
     for task in tqdm(tasks, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
+        task_limit, subset = _limit_for(manager, task, limit, limit_seed)
         with _preserved_state(model):
             output = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=[task],
                 task_manager=manager,
                 num_fewshot=num_fewshot,
-                limit=limit,
+                limit=task_limit,
+                samples=subset,
                 log_samples=True,
                 bootstrap_iters=0,
                 apply_chat_template=chat_template,
@@ -116,10 +125,12 @@ def evaluate(
         task_samples = samples.get(task)
         if not task_samples:
             continue  # a group row: its subtasks are reported one by one
+        preferred = ((primary or {}).get(task), *PRIMARY_METRICS)
         key = next(
             (
                 k
-                for m in PRIMARY_METRICS
+                for m in preferred
+                if m
                 for k in result
                 if k.startswith(m + ",") and "stderr" not in k
             ),
@@ -139,3 +150,20 @@ def evaluate(
         "metric": metric_names,
         "per_example": per_example,
     }
+
+
+def seeded_subset(n_docs: int, k: int, seed: int, task: str) -> list[int]:
+    """``k`` of the ``n_docs`` evaluation items of ``task`` (sorted doc indices), drawn with
+    ``random.Random(f"lorabench-eval:{seed}:{task}")``: the same set for every method, seed
+    and machine."""
+    rng = random.Random(f"lorabench-eval:{seed}:{task}")
+    return sorted(rng.sample(range(n_docs), min(k, n_docs)))
+
+
+def _limit_for(manager, task: str, limit, limit_seed: int | None):
+    """(lm-eval ``limit``, lm-eval ``samples``) for one task."""
+    n = limit.get(task) if isinstance(limit, Mapping) else limit
+    if n is None or limit_seed is None:
+        return n, None
+    n_docs = len(manager.load([task])["tasks"][task].eval_docs)
+    return None, {task: seeded_subset(n_docs, n, limit_seed, task)}

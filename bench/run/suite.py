@@ -28,7 +28,12 @@ FAULTS = ("raise", "oom", "nan", "crash")
 @dataclass
 class EvalConfig:
     batch_size: int = knob(32, "lm-eval batch size")
-    limit: int | None = knob(None, "evaluate at most this many examples per task (None = all)")
+    limit: int | dict[str, int] | None = knob(
+        None, "evaluate at most this many examples per task, or a table {task = n} (None = all)"
+    )
+    limit_seed: int | None = knob(
+        None, "None: lm-eval's first `limit` examples; a seed: a seeded random subset per task"
+    )
     num_fewshot: int = knob(0, "few-shot examples per prompt")
     latency_batch_size: int = knob(8, "sequences per batch when timing inference")
     latency_seq_len: int = knob(64, "tokens per sequence when timing inference")
@@ -38,9 +43,17 @@ class EvalConfig:
         check_config(
             "eval",
             batch_size=positive_int(self.batch_size),
-            limit=(self.limit is None or self.limit >= 1, f"None or >= 1, got {self.limit}"),
+            limit=(_limit_ok(self.limit), f"None, >= 1 or a table of them, got {self.limit}"),
             latency_repeats=(self.latency_repeats >= 1, f">= 1, got {self.latency_repeats}"),
         )
+
+
+def _limit_ok(limit: Any) -> bool:
+    values = limit.values() if isinstance(limit, dict) else [limit]
+    return limit is None or (
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+        and isinstance(limit, (int, dict))
+    )
 
 
 @dataclass
@@ -53,7 +66,8 @@ class SuiteSettings:
     tasks: list[str] | str = knob("all", "lm-eval task names, or 'all' tasks found in tasks_dir")
     tasks_dir: str | None = knob(
         "tasks",
-        "folder of lm-eval task YAML + JSONL, relative to the suite file; None = lm-eval's registry",
+        "folder of lm-eval task YAML + JSONL, relative to the suite file; 'commonsense' = the "
+        "built-in task source; None = lm-eval's registry",
     )
     train_data: str | dict = knob(
         "tasks",
@@ -321,6 +335,7 @@ def plan(
             m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
         ]
     seeds = list(seeds) if seeds else list(s.seeds)
+    _check_task_source(suite)
     try:
         from lorabench.models.zoo import target_shapes
 
@@ -378,7 +393,7 @@ def plan(
                 "train_data": s.train_data,
                 "chat_template": s.chat_template,
                 "train": train,
-                "eval": dataclasses.asdict(suite.eval),
+                "eval": _eval_config(suite.eval),
                 "inject_fault": entry.inject_fault,
                 # only sweep points carry this key, so other runs keep their config hash
                 **({"sweep": entry.sweep} if entry.sweep else {}),
@@ -394,6 +409,38 @@ def plan(
                 )
             )
     return runs
+
+
+def _eval_config(eval_: EvalConfig) -> dict:
+    """The eval settings of a run config; ``limit_seed`` only when set, so the configs (and
+    hashes) of suites without it are those they had before it existed."""
+    config = dataclasses.asdict(eval_)
+    if config["limit_seed"] is None:
+        del config["limit_seed"]
+    return config
+
+
+def _check_task_source(suite: Suite) -> None:
+    """A built-in task source (``tasks_dir = "commonsense"``) is fetched and converted now,
+    once, so that unknown task names (in ``tasks`` or an ``[eval].limit`` table) are
+    one-line errors before anything runs, ``--dry-run`` included."""
+    from lorabench.tasks import commonsense
+
+    s = suite.settings
+    if not commonsense.is_task_source(s.tasks_dir):
+        return
+    try:
+        tasks = commonsense.resolve_tasks(s.tasks)
+        limit = suite.eval.limit
+        unknown = sorted(set(limit) - set(tasks)) if isinstance(limit, dict) else []
+        if unknown:
+            raise ConfigError(
+                f"[eval].limit names task(s) {', '.join(unknown)} that the suite does not "
+                f"evaluate; its tasks: {', '.join(tasks)}"
+            )
+    except ConfigError as exc:
+        raise ConfigError(f"{suite.path}: {exc}") from exc
+    commonsense.open_commonsense()
 
 
 def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) -> None:
