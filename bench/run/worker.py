@@ -40,6 +40,9 @@ def execute(job: dict) -> dict:
         from lorabench.models.zoo import model_source
 
         record["env"]["model"] = model_source(config["model"])
+        source = task_source(config)
+        if source is not None:
+            record["env"]["task_sources"] = {config["tasks_dir"]: source.environment()}
         record["metrics"] = measure_run(
             config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"]
         )
@@ -100,10 +103,13 @@ def measure_run(
     if heldout:
         metrics["heldout_ppl_before"] = heldout_perplexity(model, tokenizer, heldout)
 
-    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] else None
+    source = task_source(config)  # a built-in task source (commonsense), else None
+    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] and not source else None
     tasks = (
         task_data.resolve_tasks(tasks_dir, config["tasks"]) if tasks_dir else list(config["tasks"])
     )
+    if source is not None:
+        tasks = source.resolve_tasks(config["tasks"])
     mergeable = False
     if method == "full":
         model.requires_grad_(True)
@@ -122,7 +128,10 @@ def measure_run(
 
     if method != "base":
         train_cfg = TrainConfig(**config["train"])
-        pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
+        if source is not None and config["train_data"] == "tasks":
+            pairs = source.train_pairs(tasks)  # rendered by lm-eval: train prompts = eval prompts
+        else:
+            pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
         examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
         result = train(
             model, examples, train_cfg, seed=seed, device=device, pad_id=tokenizer.pad_token_id,
@@ -151,20 +160,23 @@ def measure_run(
         metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
 
     include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
+    if source is not None:
+        include = source.include
     with autocast:
         metrics["eval"] = evaluate(
             model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],
             limit=ev["limit"], num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"],
-            progress=progress,
+            progress=progress, limit_seed=ev.get("limit_seed"),
+            primary=source.primary_metrics if source else None,
         )  # fmt: skip
     metrics["accuracy"] = metrics["eval"]["macro_avg"]
-    if tasks_dir is not None:
+    if tasks_dir is not None or source is not None:
         from lorabench.run.diagnostics import routing_diagnostics
 
-        prompts = {
+        prompts = source.prompts(tasks) if source else {
             t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
             for t in tasks
-        }
+        }  # fmt: skip
         with autocast:
             routing = routing_diagnostics(model, tokenizer, prompts)
         if routing is not None:
@@ -174,6 +186,16 @@ def measure_run(
         metrics["adapter_bytes"] = weights.stat().st_size
     metrics["memory"] = meter.report()
     return metrics
+
+
+def task_source(config: dict):
+    """The built-in task source a run's ``tasks_dir`` names (``commonsense``), built and
+    rendered (once, in the user cache), or None for a tasks folder or lm-eval's registry."""
+    from lorabench.tasks import commonsense
+
+    if commonsense.is_task_source(config["tasks_dir"]):
+        return commonsense.open_commonsense()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
