@@ -173,7 +173,8 @@ def measure_run(
     if tasks_dir is not None or source is not None:
         from lorabench.run.diagnostics import routing_diagnostics
 
-        prompts = source.prompts(tasks) if source else {
+        # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
+        prompts = source.prompts(tasks, 32) if source else {
             t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
             for t in tasks
         }  # fmt: skip
