@@ -1,7 +1,7 @@
 """The `lorabench` command line. The only module that parses arguments and prints.
 
 Library errors (:class:`lorabench.errors.LorabenchError`) become one-line messages and exit
-status 2.
+status 2; Ctrl-C becomes one line saying what finished, and exit status 130.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-from lorabench.errors import LorabenchError
+from lorabench.errors import Interrupted, LorabenchError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -75,7 +75,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _parse_seeds(text: str | None) -> list[int] | None:
-    """``3`` → seeds 0, 1, 2; ``0,5,7`` → those seeds."""
+    """``3`` → seeds 0, 1, 2; ``0,5,7`` → those seeds. Empty or repeated seeds are errors."""
     if text is None:
         return None
     from lorabench.errors import ConfigError
@@ -86,10 +86,17 @@ def _parse_seeds(text: str | None) -> list[int] | None:
         raise ConfigError(
             f"--seeds: expected N or a comma-separated list of integers, got {text!r}"
         ) from None
+    if not values:
+        raise ConfigError(f"--seeds: no seed in {text!r}; give N or a list such as 0,1,2")
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
             raise ConfigError(f"--seeds: expected N >= 1, got {values[0]}")
         return list(range(values[0]))
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--seeds: seed(s) {', '.join(map(str, repeated))} given more than once in {text!r}"
+        )
     return values
 
 
@@ -98,44 +105,78 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from tabulate import tabulate
 
+    from lorabench import selection
     from lorabench.errors import ConfigError
+    from lorabench.records import check_writable
     from lorabench.run.launch import make_launcher
+    from lorabench.run.protocol import run_protocol, split_stages
     from lorabench.run.suite import load_suite, plan
 
     if args.address and not args.ray:
         raise ConfigError("--address is the Ray cluster to run on; it needs --ray")
+    seeds = _parse_seeds(args.seeds)
     launcher = make_launcher(ray=args.ray, address=args.address)
     suite = load_suite(args.suite)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-    runs = plan(suite, methods=methods, seeds=_parse_seeds(args.seeds), device=args.device)
     out = Path(args.out) if args.out else Path("results") / suite.settings.name
+    check_writable(out, "--out")
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    runs = plan(
+        suite,
+        methods=methods,
+        seeds=seeds,
+        device=args.device,
+        trust_suite_code=args.trust_suite_code,
+    )
+    first, later = split_stages(runs)
     if args.dry_run:
         rows = [
-            (r.run_id, r.label, r.seed, (r.config["budget"] or {}).get("reached", "")) for r in runs
-        ]
-        print(tabulate(rows, headers=["run", "method", "seed", "budget reached"]))
+            (r.run_id, r.label, selection.point_text(selection.point_of(r.config)) or "", r.seed,
+             (r.config["budget"] or {}).get("reached", ""), "2 (if chosen)" if r in later else "1")
+            for r in runs
+        ]  # fmt: skip
+        print(tabulate(rows, headers=["run", "method", "grid point", "seed", "budget", "stage"]))
+        if later:
+            print(
+                f"\nstage 1: {len(first)} runs; stage 2: the other seeds at each method's point "
+                f"selected on validation ({selection.RULE})"
+            )
         return 0
     command = "lorabench " + " ".join(args.argv)
     options = dict(retry_failed=args.retry_failed, command=command, progress=not args.no_progress)
-    outcome = launcher.run(suite, runs, out, **options)
+    outcome = run_protocol(launcher, suite, runs, out, **options)
     rows = []
-    for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"])):
+    for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"], r["run_id"])):
         m = r.get("metrics", {})
         acc = m.get("accuracy")
+        val = (m.get("validation") or {}).get("macro_avg")
         tps = m.get("train_tokens_per_s")
         rows.append((
-            r["label"], r["seed"], r["status"],
+            r["label"], selection.point_text(selection.point_of(r)) or "", r["seed"], r["status"],
+            f"{val:.3f}" if val is not None else "n/a",
             f"{acc:.3f}" if acc is not None else "n/a",
             f"{m['trainable_params']:,}" if "trainable_params" in m else "n/a",
             f"{tps:,.0f}" if tps else "n/a",
             "skipped (recorded)" if r in outcome.skipped else f"{m.get('wall_time_s', 0):.0f} s",
         ))  # fmt: skip
-    print(
-        tabulate(
-            rows, headers=["method", "seed", "status", "accuracy", "trainable", "tokens/s", "time"]
+    for run, holder in outcome.held:
+        point = selection.point_text(selection.point_of(run.config)) or ""
+        rows.append((run.label, point, run.seed, "running elsewhere", "n/a", "n/a", "n/a", "n/a",
+                     f"held by {holder}"))  # fmt: skip
+    headers = ["method", "grid point", "seed", "status", "validation", "test accuracy"]
+    print(tabulate(rows, headers=[*headers, "trainable", "tokens/s", "time"]))
+    for label, choice in sorted(outcome.choices.items()):
+        score = "n/a" if choice.score is None else f"{choice.score:.3f}"
+        print(
+            f"{label}: {selection.point_text(choice.point)} selected on validation "
+            f"(seed {choice.seed}, macro {score}; {len(choice.candidates)} points)"
         )
-    )
     print(f"records: {out / 'runs'}")
+    if outcome.held:
+        names = ", ".join(run.run_id for run, _ in outcome.held)
+        print(
+            f"skipped {len(outcome.held)} run(s) that another lorabench process is running: "
+            f"{names}; their records appear in {out / 'runs'} when it finishes"
+        )
     failed = [r for r in outcome.records if r["status"] != "ok"]
     return 1 if failed else 0
 
@@ -146,7 +187,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lorabench.report.document import write_report
 
     out = Path(args.out) if args.out else Path(args.results) / "report"
-    written = write_report(Path(args.results), out, baseline=args.baseline)
+    written = write_report(
+        Path(args.results),
+        out,
+        baseline=args.baseline or "lora",
+        merge=args.merge,
+        check_baseline=args.baseline is not None,
+        warn=lambda line: print(f"lorabench: warning: {line}", file=sys.stderr),
+    )
     for path in written:
         print(path)
     return 0
@@ -155,11 +203,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_make_tasks(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from lorabench.records import check_writable
     from lorabench.tasks.synthetic import load_split, write_tasks
 
+    check_writable(args.out, "--out")
     for task in write_tasks(args.out, args.seed):
-        train, test = (len(load_split(args.out, task, split)) for split in ("train", "test"))
-        print(f"{task:18} train {train:5}  test {test:4}  {Path(args.out) / task}")
+        train, val, test = (
+            len(load_split(args.out, task, split)) for split in ("train", "validation", "test")
+        )
+        print(
+            f"{task:18} train {train:5}  validation {val:4}  test {test:4}  {Path(args.out) / task}"
+        )
     return 0
 
 
@@ -237,12 +291,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray", action="store_true", help="run each run as a Ray task (pip install lorabench[ray])"
     )
     p.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+    p.add_argument(
+        "--trust-suite-code",
+        action="store_true",
+        help="allow task configs with !function tags or Python files in tasks_dir "
+        "(lm-eval imports and runs that code)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="markdown + CSV + plots from a results folder")
     p.add_argument("results", help="results folder (holding runs/*.json)")
     p.add_argument("--out", help="report folder (default: RESULTS/report)")
-    p.add_argument("--baseline", default="lora", help="method label the others are compared with")
+    p.add_argument("--baseline", help="method label the others are compared with (default: lora)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="report records of several suites or configs together (newest per run)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
@@ -279,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its INFO lines are noise here
     try:
         return args.func(args)
+    except Interrupted as exc:
+        print(f"lorabench: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("lorabench: interrupted", file=sys.stderr)
+        return 130
     except LorabenchError as exc:
         print(f"lorabench: error: {exc}", file=sys.stderr)
         return 2

@@ -34,3 +34,15 @@ class ModelSourceError(LorabenchError, RuntimeError):
 
 class TaskSourceError(LorabenchError, RuntimeError):
     """A built-in task source (``commonsense``) could not be fetched, verified or converted."""
+
+
+class OutputError(LorabenchError, OSError):
+    """An output folder (``--out``) cannot be created or written."""
+
+
+class SuiteCodeError(ConfigError):
+    """A suite's task configs would make lm-eval import Python, and ``--trust-suite-code`` is off."""
+
+
+class Interrupted(LorabenchError):
+    """The user interrupted a suite (Ctrl-C); the message says what finished. Exit status 130."""

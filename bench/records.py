@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
+import sys
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -23,6 +25,23 @@ from typing import Any
 SCHEMA_VERSION = 2  # 2: the key "schema" became "schema_version"; records became typed
 STATUSES = ("ok", "failed", "oom", "nan", "killed")
 SCHEMA_FILE = Path(__file__).parent / "schema" / "record.schema.json"
+# metrics.contended: a CPU run ran beside other work when, while training, it used less
+# than CONTENDED_BELOW of its threads' CPU time (process CPU time / (wall time × torch
+# threads)), or its threads waited for a CPU more than CONTENDED_WAIT_ABOVE of that time
+# (run-queue wait: busy-waiting threads keep the CPU time high on a crowded machine)
+CONTENDED_BELOW = 0.7
+CONTENDED_WAIT_ABOVE = 0.1
+
+
+def is_contended(cpu_utilisation: float, cpu_wait_fraction: float | None) -> bool:
+    """The ``metrics.contended`` rule (thresholds above)."""
+    waited = cpu_wait_fraction is not None and cpu_wait_fraction > CONTENDED_WAIT_ABOVE
+    return cpu_utilisation < CONTENDED_BELOW or waited
+
+
+UNSAVED_DIR = "lorabench-unsaved-records"  # fallback folder in the system temp folder
+
+log = logging.getLogger(__name__)
 
 
 class RecordError(ValueError):
@@ -51,11 +70,14 @@ class RunConfig:
     chat_template: bool
     inject_fault: str | None
     sweep: dict[str, Any] | None = None  # only on sweep points (absent otherwise)
+    # only on training-grid runs (absent otherwise): {"fields": [...], "seed": s}
+    train_sweep: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        if out["sweep"] is None:  # absent, so older configs keep their hash
-            del out["sweep"]
+        for optional in ("sweep", "train_sweep"):
+            if out[optional] is None:  # absent, so older configs keep their hash
+                del out[optional]
         return out
 
     @classmethod
@@ -198,6 +220,101 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+def check_writable(folder: str | Path, what: str) -> Path:
+    """``folder`` (absolute) if files can be written there, creating nothing; else OutputError.
+
+    A missing folder is fine when its nearest existing ancestor is a writable folder (it
+    is created later). Writability is probed by creating and removing a temporary file,
+    which also catches read-only file systems and, unlike permission bits, root's limits.
+    """
+    from lorabench.errors import OutputError
+
+    target = Path(folder).expanduser().absolute()
+    probe = target
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"{what} {folder}: cannot write there ({probe} is not a folder)")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".lorabench-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputError(
+            f"{what} {folder}: cannot write there ({exc.strerror or exc}: {probe})"
+        ) from exc
+    return target
+
+
+def fallback_record_paths(path: Path) -> list[Path]:
+    """Where a record goes when ``path`` cannot be written: the system temp folder, then
+    beside the results folder (``RESULTS/runs/x.json`` → ``RESULTS.unsaved/x.json``)."""
+    results = Path(path).absolute().parent.parent
+    return [
+        Path(tempfile.gettempdir()) / UNSAVED_DIR / Path(path).name,
+        results.parent / f"{results.name}.unsaved" / Path(path).name,
+    ]
+
+
+def save_record(path: Path, record: dict) -> Path:
+    """Write ``record`` to ``path`` atomically; if that fails, to the first fallback that
+    works (saying where on the log and on stderr); the path written.
+
+    Metrics are never dropped: if no file can be written at all, the record goes to stderr
+    as JSON and OSError is raised.
+    """
+    try:
+        write_json_atomic(path, record)
+        return path
+    except OSError as exc:
+        first = exc
+    for fallback in fallback_record_paths(path):
+        try:
+            write_json_atomic(fallback, record)
+        except OSError:
+            continue
+        message = (
+            f"cannot write record {path} ({first.strerror or first}); saved it to {fallback}; "
+            "the next `lorabench run` of this suite moves it into place"
+        )
+        log.warning(message)
+        print(f"lorabench: warning: {message}", file=sys.stderr, flush=True)
+        return fallback
+    print(
+        f"lorabench: error: cannot write record {path} nor any fallback; the record follows:\n"
+        + json.dumps(record, sort_keys=True, default=str),
+        file=sys.stderr,
+        flush=True,
+    )
+    raise first
+
+
+def record_problem(path: Path, expected_hash: str | None = None) -> tuple[dict | None, str | None]:
+    """``(record, None)`` when ``path`` holds a valid record of the expected config,
+    ``(None, None)`` when there is no file, else ``(None, why)`` in a few words.
+
+    Valid: it loads through :func:`load_record`, its ``config_hash`` is the hash of its
+    ``config``, its file name is its ``run_id`` and ends with the hash, and (when given)
+    the hash is ``expected_hash``, the planned run's.
+    """
+    if not path.exists():
+        return None, None
+    try:
+        record = load_record(path)
+    except RecordError as exc:
+        return None, str(exc).removeprefix(f"{path.name}: ")
+    digest = record["config_hash"]
+    if config_hash(record["config"]) != digest:
+        return None, "its config_hash is not the hash of its config (edited by hand?)"
+    if record["run_id"] != path.stem or not path.stem.endswith(digest[:8]):
+        return None, f"its run_id {record['run_id']!r} / config hash does not match the file name"
+    if expected_hash is not None and digest != expected_hash:
+        return None, "its config is not the planned run's config"
+    return record, None
+
+
 def read_record(path: Path) -> dict | None:
     """The record at ``path`` in the current schema, or None if it is absent or invalid."""
     try:
@@ -231,6 +348,8 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     env = {
+        "cpu_capability": _cpu_capability(torch),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -244,3 +363,23 @@ def environment(device: str) -> dict:
         env["device_name"] = torch.cuda.get_device_name(torch.device(device))
         env["cuda"] = torch.version.cuda
     return env
+
+
+def _cpu_capability(torch) -> str | None:
+    """The SIMD level torch dispatches CPU kernels to (e.g. AVX2, AVX512): it decides the
+    floating-point results of CPU runs."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None

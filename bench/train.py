@@ -12,6 +12,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +64,9 @@ class Example:
     labels: list[int]
 
 
+THROUGHPUT_WINDOWS = 10  # the measured steps are split into this many consecutive windows
+
+
 @dataclass
 class TrainResult:
     loss_curve: list[float] = field(default_factory=list)
@@ -70,6 +74,43 @@ class TrainResult:
     tokens_per_s: float | None = None
     train_time_s: float = 0.0
     tokens: int = 0
+    # tokens/s of each of up to THROUGHPUT_WINDOWS consecutive windows of the measured steps
+    tokens_per_s_windows: list[float] = field(default_factory=list)
+    # process CPU time (all threads) / (wall time × torch threads) over the training loop
+    cpu_utilisation: float | None = None
+    # time the process's threads were runnable but waited for a CPU / (wall × torch threads)
+    cpu_wait_fraction: float | None = None
+
+
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but waiting for a CPU (the second
+    field of Linux's ``/proc/self/task/*/schedstat``); None where that is not available.
+
+    Busy-waiting OpenMP threads keep the CPU time high while another process holds the
+    cores, so utilisation alone misses contention; run-queue waiting does not.
+    """
+    total, found = 0, False
+    for path in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            total += int(path.read_text().split()[1])
+            found = True
+        except (OSError, ValueError, IndexError):  # a thread that just exited
+            continue
+    return total / 1e9 if found else None
+
+
+def throughput_windows(
+    tokens: list[int], seconds: list[float], windows: int = THROUGHPUT_WINDOWS
+) -> list[float]:
+    """Tokens/s of consecutive windows of steps, as equal in length as possible."""
+    count = min(windows, len(tokens))
+    bounds = [round(i * len(tokens) / count) for i in range(count + 1)] if count else []
+    out = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        elapsed = sum(seconds[start:end])
+        if elapsed > 0:
+            out.append(sum(tokens[start:end]) / elapsed)
+    return out
 
 
 def batches(examples: list[Example], cfg: TrainConfig, seed: int, pad_id: int):
@@ -135,8 +176,11 @@ def train(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     stream = batches(examples, cfg, seed, pad_id)
     result = TrainResult()
-    measured_tokens, measured_time = 0, 0.0
+    measured_tokens: list[int] = []
+    measured_time: list[float] = []
     model.train()
+    wait_started = run_queue_wait_s()
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, dynamic_ncols=True, leave=False)
     for step in bar:
         started = time.perf_counter()
@@ -178,11 +222,20 @@ def train(
         result.tokens += step_tokens
         result.train_time_s += elapsed
         if step >= cfg.throughput_warmup:
-            measured_tokens += step_tokens
-            measured_time += elapsed
+            measured_tokens.append(step_tokens)
+            measured_time.append(elapsed)
         bar.set_postfix(loss=f"{step_loss:.3f}")
     bar.close()
-    if measured_time > 0:
-        result.tokens_per_s = measured_tokens / measured_time
+    wall = time.perf_counter() - wall_started
+    if wall > 0:
+        cpu = time.process_time() - cpu_started
+        result.cpu_utilisation = cpu / (wall * torch.get_num_threads())
+        wait_ended = run_queue_wait_s()
+        if wait_started is not None and wait_ended is not None:
+            waited = max(0.0, wait_ended - wait_started)
+            result.cpu_wait_fraction = waited / (wall * torch.get_num_threads())
+    if sum(measured_time) > 0:
+        result.tokens_per_s = sum(measured_tokens) / sum(measured_time)
+        result.tokens_per_s_windows = throughput_windows(measured_tokens, measured_time)
     model.eval()
     return result

@@ -1,4 +1,8 @@
-"""Reports: exact statistics, and report.md / results.csv / plots from synthetic records."""
+"""Reports: report.md / results.csv / plots from synthetic records, and the committed reports.
+
+The statistics themselves are tested in test_stats.py. No test here treats (seed, example)
+pairs as independent: every Δ is checked against ``seed_delta`` over per-seed scores.
+"""
 
 import json
 import math
@@ -7,49 +11,10 @@ from pathlib import Path
 import pytest
 
 from lorabench.errors import ConfigError
+from lorabench.report.claims import claims_section
+from lorabench.report.data import ReportData, load_records
 from lorabench.report.document import write_report
-from lorabench.report.stats import mcnemar_exact, mean_std, paired_bootstrap_ci, pareto_front
-
-# ---- statistics ---------------------------------------------------------------------------
-
-
-def test_mcnemar_exact_known_p_values():
-    # b=1 (only a right), c=9 (only b right): p = 2 * (C(10,0) + C(10,1)) / 2**10
-    a = [1] + [0] * 9 + [1, 0]
-    b = [0] + [1] * 9 + [1, 0]
-    assert mcnemar_exact(a, b) == pytest.approx(0.021484375, abs=1e-15)
-    assert mcnemar_exact(b, a) == pytest.approx(0.021484375, abs=1e-15)
-    assert mcnemar_exact([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0  # b == c
-    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0  # no discordant pair
-    assert mcnemar_exact([0] * 10, [1] * 10) == pytest.approx(2 / 1024)
-    with pytest.raises(ValueError):
-        mcnemar_exact([0, 1], [0])
-
-
-def test_paired_bootstrap_ci():
-    assert paired_bootstrap_ci([0, 1, 1, 0], [0, 1, 1, 0]) == (0.0, 0.0, 0.0)
-    assert paired_bootstrap_ci([1.0, 2.0, 3.0], [3.0, 4.0, 5.0]) == (2.0, 2.0, 2.0)
-    a, b = [0] * 100, [1] * 30 + [0] * 70  # b - a has mean 0.3
-    mean, low, high = paired_bootstrap_ci(a, b, n_resamples=2000, seed=0)
-    assert mean == pytest.approx(0.3)
-    assert 0.15 < low < 0.3 < high < 0.45
-    assert paired_bootstrap_ci(a, b, n_resamples=2000, seed=0) == (mean, low, high)
-    # stratified: the estimate is the unweighted mean over strata (macro average)
-    strata = ["x"] * 10 + ["y"] * 90
-    a, b = [0] * 100, [1] * 10 + [0] * 90
-    assert paired_bootstrap_ci(a, b, 500, strata=strata)[0] == pytest.approx(0.5)
-
-
-def test_mean_std_and_pareto_front():
-    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
-    assert mean_std([4.0]) == (4.0, None)
-    mean, std = mean_std([])
-    assert math.isnan(mean) and std is None
-    assert mean_std([1.0, float("nan"), 3.0])[0] == 2.0
-    # (cost, value): (3, 5) is dominated by (2, 6); (4, 6) by (2, 6); (1, 1) and (5, 9) are not
-    points = [(3, 5), (2, 6), (1, 1), (4, 6), (5, 9), (float("nan"), 10)]
-    assert pareto_front(points) == [1, 2, 4]
-
+from lorabench.report.stats import seed_delta
 
 # ---- synthetic records --------------------------------------------------------------------
 
@@ -58,6 +23,13 @@ TASKS = ("t_a", "t_b")
 
 def ones(n: int, total: int = 10) -> list[int]:
     return [1] * n + [0] * (total - n)
+
+
+METHOD_CONFIGS = {  # full configs, as real records carry them (claims match on fields)
+    "base": {},
+    "lora": {"r": 4, "use_dora": False, "use_rslora": False},
+    "mor": {"r": 4, "num_experts": 8, "router": "softmax"},
+}
 
 
 def record(label, seed, correct=None, status="ok", error=None, **extra) -> dict:
@@ -100,13 +72,24 @@ def record(label, seed, correct=None, status="ok", error=None, **extra) -> dict:
         "label": label,
         "method": method,
         "seed": seed,
-        "config": {
+        "config": {  # every RunConfig field, so that the record is valid (load_record)
+            "suite": "synthetic",
+            "label": label,
+            "method": method,
+            "seed": seed,
+            "tasks_dir": "tasks",
+            "train_data": "tasks",
+            "budget": extra.get("budget"),
+            "device": "cpu",
+            "dtype": "float32",
+            "chat_template": False,
+            "inject_fault": None,
             "model": "tiny",
             "tasks": "all",
             "targets": ["up_proj"],
             "train": {"steps": 20, "batch_size": 4, "lr": 0.002, "schedule": "cosine"},
             "eval": {"batch_size": 8, "latency_batch_size": 2, "latency_seq_len": 16},
-            "method_config": {"r": 4} if method != "base" else {},
+            "method_config": METHOD_CONFIGS.get(method, {"r": 4}),
         },
         "config_hash": "abcdef12",
         "status": status,
@@ -167,6 +150,28 @@ def results_dir(tmp_path: Path) -> Path:
     return tmp_path / "records"
 
 
+def per_seed_scores(labels: tuple[str, ...]) -> list[dict]:
+    """``{seed: {task: per-example 0/1}}`` of each label's ok synthetic records."""
+    runs = [r for r in synthetic_records() if r["status"] == "ok"]
+    return [
+        {r["seed"]: r["metrics"]["eval"]["per_example"] for r in runs if r["label"] == label}
+        for label in labels
+    ]
+
+
+def summary_table(text: str) -> dict[str, dict[str, str]]:
+    """The summary table as {method label: {column header: cell}} (columns by name)."""
+    section = text.split("## Summary")[1].split("\n## ")[0]
+    body = section[section.index("\n|") + 1 :]
+    lines = body[: body.find("\n\n") if "\n\n" in body else len(body)].splitlines()
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        table[cells[0]] = dict(zip(headers, cells, strict=True))
+    return table
+
+
 def row(text: str, label: str) -> list[str]:
     """The cells of the first table row that starts with ``label``."""
     line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} "))
@@ -190,21 +195,50 @@ def test_report_tables(results_dir, tmp_path):
     assert text.startswith("# lorabench report: suite synthetic")
     assert "lorabench run suites/synthetic.toml --out results/synthetic" in text
     # summary: order base, full?, then alphabetical; values, bold best, n/a where absent
-    labels = [ln.split("|")[1].strip() for ln in text.split("## Summary")[1].splitlines()[4:10]]
-    assert labels == ["base", "lora", "melora", "moe-lora", "mor", "mora"]
-    mor, lora, mora, base = (row(text, lb) for lb in ("mor", "lora", "mora", "base"))
-    assert mor[1:4] == ["2/2", "96", "9.600"]
-    assert mor[4] == "**450.0**"  # lowest memory among adapted methods (base excluded)
-    assert mora[5] == "**1,200**" and lora[5] == "1,000"  # tokens/s
-    assert lora[6:8] == ["**1.50**", "1.10"] and mor[6:8] == ["2.00", "n/a"]
-    assert mora[7] == "**1.05**"  # merged latency ratio
-    assert mor[9] == "**97.50 ± 3.54**" and lora[9] == "50.00 ± 0.00"
-    assert mora[9] == "55.00 ± n/a"  # single seed
-    assert base[5:8] == ["n/a", "n/a", "n/a"]
-    # paired test against lora: 19 discordant pairs, all favouring mor
-    assert mor[10] == "+47.50" and mor[12] == f"{2 / 2**19:.1e}"
-    assert lora[10] == "baseline"
-    assert row(text, "melora")[1] == "0/1" and row(text, "melora")[9] == "n/a ± n/a"
+    table = summary_table(text)
+    assert list(table) == ["base", "lora", "melora", "moe-lora", "mor", "mora"]
+
+    def cell(label: str, header_start: str) -> str:
+        """The summary cell of ``label`` in the column whose header starts so."""
+        if header_start in table[label]:
+            return table[label][header_start]
+        (header,) = [h for h in table[label] if h.startswith(header_start)]
+        return table[label][header]
+
+    assert [cell("mor", h) for h in ("runs ok", "trainable params", "% of base")] == [
+        "2/2", "96", "9.600",
+    ]  # fmt: skip
+    assert cell("mor", "peak") == "450.0"  # lowest memory, but no spread recorded: not bolded
+    assert cell("mora", "train tokens/s") == "1,200" and cell("lora", "train tokens/s") == "1,000"
+    assert [cell("lora", "latency unmerged"), cell("lora", "latency merged")] == ["1.50", "1.10"]
+    assert [cell("mor", "latency unmerged"), cell("mor", "latency merged")] == ["2.00", "n/a"]
+    assert cell("mora", "latency merged") == "1.05"
+    assert (
+        cell("mor", "accuracy") == "**97.50 ± 3.54**" and cell("lora", "accuracy") == "50.00 ± 0.00"
+    )
+    assert cell("mora", "accuracy") == "55.00 ± n/a"  # single seed
+    assert [cell("base", h) for h in ("train tokens/s", "latency unmerged", "latency merged")] == [
+        "n/a", "n/a", "n/a",
+    ]  # fmt: skip
+    # Δ against lora: seed s of mor vs seed s of lora, combined over the 2 seeds
+    expected = seed_delta(*per_seed_scores(("lora", "mor")))
+    assert expected.per_seed == pytest.approx((0.45, 0.50))
+    assert [cell("mor", h) for h in ("Δ vs lora", "95% CI", "p", "per-seed Δ")] == [
+        f"{100 * expected.estimate:+.2f}",
+        f"[{100 * expected.low:+.2f}, {100 * expected.high:+.2f}]",
+        f"{expected.p_value:.3f}",
+        "+45.0, +50.0 (sd 3.5)",
+    ]
+    assert [cell("lora", h) for h in ("Δ vs lora", "95% CI", "p", "per-seed Δ")] == [
+        "baseline", "", "", "",
+    ]  # fmt: skip
+    # base: its one run paired with each lora seed (0 correct against 10/20 and 10/20)
+    assert cell("base", "Δ vs lora") == "-50.00*"
+    assert (
+        cell("base", "per-seed Δ") == "-50.0, -50.0 (sd 0.0; base: one run, paired with each seed)"
+    )
+    assert "base: one deterministic run" in text
+    assert cell("melora", "runs ok") == "0/1" and cell("melora", "accuracy") == "n/a ± n/a"
     # per-task table, router diagnostics, setup
     per_task = text.split("## Per-task accuracy")[1]
     assert row(per_task, "mor")[1:] == ["**100.0**", "**95.0**"]
@@ -222,8 +256,9 @@ def test_report_tables(results_dir, tmp_path):
     # claims: computed verdicts, the caveat
     claims = text.split("## Against the papers' claims")[1]
     assert row(claims, "MoR beats LoRA by ≈7.4 points")[-1] == "agrees"
-    assert "not testable (missing task lb_kv_memory)" in claims
-    assert "not testable (no paired ok runs)" in claims  # melora: its only run is NaN
+    assert "not testable (no task lb_kv_memory)" in claims
+    assert "not testable (no ok run of melora)" in claims  # melora: its only run is NaN
+    assert "not testable (no ok run of moe-lora)" in claims  # its only run ran out of memory
     assert "cannot confirm or refute" in claims
     assert "mor (97.50) > mora (55.00) > lora (50.00) > base (0.00)" in claims
 
@@ -263,8 +298,8 @@ def test_reports_are_byte_identical(results_dir, tmp_path, monkeypatch):
         )
     assert outputs[0] == outputs[1]
     text = outputs[0]["report.md"].decode()
-    assert "lorabench report records --out report\n" in text
-    assert str(tmp_path) not in text
+    # the records folder is outside the working folder: named absolutely, so the line runs
+    assert f"lorabench report {Path(results_dir).resolve().as_posix()} --out report\n" in text
 
 
 def test_missing_baseline_and_flat_folder(results_dir, tmp_path):
@@ -274,9 +309,11 @@ def test_missing_baseline_and_flat_folder(results_dir, tmp_path):
         (flat / path.name).write_text(path.read_text())
     write_report(flat, tmp_path / "out", baseline="nope")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert row(text, "mor")[10:13] == ["n/a", "n/a", "n/a"]
+    mor = summary_table(text)["mor"]
+    assert [mor[c] for c in ("Δ vs nope (points)", "95% CI", "p")] == ["n/a"] * 3
     assert "Baseline `nope` has no ok run" in text
-    assert "lorabench report flat --out out --baseline nope" in text
+    out = (tmp_path / "out").resolve().as_posix()
+    assert f"lorabench report {flat.resolve().as_posix()} --out {out} --baseline nope" in text
 
 
 def test_unusable_folders_raise_config_error(tmp_path):
@@ -295,7 +332,7 @@ def test_reused_baseline_seed_and_cuda_memory(tmp_path):
     runs.mkdir(parents=True)
     for rec in synthetic_records():
         if rec["label"] == "lora" and rec["seed"] == 1:
-            continue  # the baseline lacks seed 1: mor seed 1 pairs with lora seed 0
+            continue  # the baseline lacks seed 1
         if rec["label"] == "mor":
             rec["metrics"]["memory"] = {
                 "kind": "cuda",
@@ -305,10 +342,19 @@ def test_reused_baseline_seed_and_cuda_memory(tmp_path):
         (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
     write_report(tmp_path / "mixed", tmp_path / "out")
     text = (tmp_path / "out" / "report.md").read_text()
-    assert row(text, "method")[4] == "peak memory (MiB)"  # the summary's header row
-    mor = row(text, "mor")
-    assert mor[4] == "**12.5 / 20.0 (cuda)**" and row(text, "lora")[4] == "500.0 (cpu_rss)"
-    assert mor[10] == "+47.50†" and "†: the baseline lacks some of this method's seeds" in text
+    summary = summary_table(text)
+    memory = next(c for c in summary["mor"] if c.startswith("peak memory") or "memory" in c)
+    assert summary["mor"][memory] == "12.5 / 20.0 (cuda)"  # unlike kinds are never ranked
+    assert summary["lora"][memory] == "500.0 (cpu_rss)"
+    # the baseline lacks seed 1: mor seed 1 is left out (not paired with another seed)
+    delta = next(c for c in summary["mor"] if c.startswith("Δ vs"))
+    assert summary["mor"][delta] == "+45.00†*"
+    assert summary["mor"]["per-seed Δ (sd)"].startswith("+45.0")
+    assert (
+        "†: seeds without a partner are left out, never paired with another seed: mor seed 1 (`lora` has none)."
+        in text
+    )
+    assert "*: the interval covers example sampling only: one seed" in text
 
 
 # ---- the committed report ------------------------------------------------------------------
@@ -404,8 +450,10 @@ def test_ablation_section_sets_measured_shapes_beside_the_paper(tmp_path):
     section = text.split("## Against the paper's ablations")[1]
     n_row = next(ln for ln in section.splitlines() if "| mor-N " in ln)
     assert "2: 50.00 · 4: 60.00 · 8: 100.00 · 12: 70.00" in n_row
-    # decisive Δ: N=8 minus the best other value (12): 100 - 70 points, 12 discordant pairs
-    assert "+30.00" in n_row and "| agrees: the peak is at 8 " in n_row
+    # decisive Δ: N=8 minus the best other value (12): 100 - 70 points. Both seeds give the
+    # same Δ here, so the interval is the example-sampling one, marked *
+    assert " +30.00* |" in n_row and "| +30.0, +30.0 (sd 0.0) |" in n_row
+    assert "| agrees: the peak is at 8 " in n_row
     router_row = next(ln for ln in section.splitlines() if "| mor-router " in ln)
     assert "does not agree: measured order mean > balanced > softmax (significantly)" in router_row
     assert "-50.00" in router_row  # softmax minus mean
@@ -419,15 +467,285 @@ def test_ablation_section_sets_measured_shapes_beside_the_paper(tmp_path):
     assert "Verdict: agrees: mor grows more gently than moe-lora." in growth
 
 
-def test_committed_ablation_growth_table_equals_methods_md():
-    """reports/mor-ablation-tiny: MoR (r=8) and MoE-LoRA (r_e=2) on tiny's FFN, N = 2…16."""
-    text = (REPORTS / "mor-ablation-tiny" / "report.md").read_text()
+def test_ablation_growth_table_regenerated_equals_the_closed_forms(tmp_path):
+    """reports/mor-ablation-tiny regenerated from its records: MoR (r=8) and MoE-LoRA
+    (r_e=2) on tiny's FFN, N = 2…16, against the formulas written out here."""
+    write_report(REPORTS / "mor-ablation-tiny", tmp_path, baseline="mor-N[num_experts=8]")
+    text = (tmp_path / "report.md").read_text()
     growth = text.split("### Parameter growth with num_experts")[1]
+    lines = [ln for ln in growth.split("\n\n")[2].splitlines()]
+    headers = [c.strip() for c in lines[0].strip("|").split("|")]
+    table = {
+        cells[0]: dict(zip(headers, cells, strict=True))
+        for cells in ([c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:])
+    }
     ffn = [(128, 384), (128, 384), (384, 128)] * 4  # gate, up, down of 4 layers
     for n in (2, 4, 8, 12, 16):
         mor = sum(
             8 * (i + o) + n * (8 + o) + n * i for i, o in ffn
         )  # r(d_in+d_out)+N(r+d_out)+N d_in
         moe = sum(n * 2 * (i + o) + n * i for i, o in ffn)  # N r_e (d_in+d_out) + N d_in
-        cells = row(growth, str(n))
-        assert cells[1:5] == [f"{mor:,}", f"{mor:,}", f"{moe:,}", f"{moe:,}"], n
+        got = table[str(n)]
+        assert got["mor-N measured"] == got["mor-N closed form"] == f"{mor:,}", n
+        assert got["moe-lora-N measured"] == got["moe-lora-N closed form"] == f"{moe:,}", n
+
+
+# ---- claims compare like with like ----------------------------------------------------------
+
+CLAIM_POINTS = [  # (label, sweep group or None, method, method config, correct per task by seed)
+    ("mor-N[num_experts=2]", "mor-N", "mor", {"r": 4, "num_experts": 2, "router": "softmax"}, (9, 9, 8)),
+    ("mor-N[num_experts=8]", "mor-N", "mor", {"r": 4, "num_experts": 8, "router": "softmax"}, (7, 8, 9)),
+    ("mor-r[r=8]", "mor-r", "mor", {"r": 8, "num_experts": 8, "router": "softmax"}, (2, 3, 2)),
+    ("moe-lora-N[num_experts=4]", "moe-lora-N", "moe-lora", {"r": 2, "num_experts": 4}, (9, 10, 9)),
+    ("moe-lora-N[num_experts=8]", "moe-lora-N", "moe-lora", {"r": 2, "num_experts": 8}, (4, 5, 5)),
+    ("dora", None, "lora", {"r": 4, "use_dora": True, "use_rslora": False}, (10, 10, 9)),
+    ("lora", None, "lora", {"r": 4, "use_dora": False, "use_rslora": False}, (5, 4, 6)),
+]  # fmt: skip
+
+
+def write_claim_records(folder: Path, rename: dict[str, str], reverse: bool) -> None:
+    """The CLAIM_POINTS records under renamed labels (and sweep groups), written in an order."""
+    runs = folder / "runs"
+    runs.mkdir(parents=True)
+    points = list(reversed(CLAIM_POINTS)) if reverse else CLAIM_POINTS
+    for n, (label, group, method, config, correct) in enumerate(points):
+        for seed, c in enumerate(correct):
+            new = rename.get(label, label)
+            rec = record(new, seed, {"t_a": ones(c), "t_b": ones(max(0, c - seed))}, rss=500.0,
+                         params=100, method=method)  # fmt: skip
+            rec["config"]["method_config"] = config
+            if group:
+                value = {k: v for k, v in config.items() if f"[{k}=" in label}
+                rec["config"]["sweep"] = {"group": rename.get(group, group), "values": value}
+            rec["run_id"] = f"run{n}-seed{seed}"
+            (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+
+
+def claim_cells(folder: Path, back: dict[str, str]) -> list[list[str]]:
+    """The claims table's rows, with labels mapped back to the original names."""
+    data = ReportData(load_records(folder), "lora")
+    lines = "\n".join(claims_section(data)).splitlines()
+    rows = [ln for ln in lines if ln.startswith("| ") and "---" not in ln][1:]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    for row_cells in cells:
+        for new, old in back.items():
+            row_cells[1] = row_cells[1].replace(new, old)
+            row_cells[6] = row_cells[6].replace(new, old)
+    return cells
+
+
+def test_claims_choose_points_by_rule_and_ignore_label_names_and_order(tmp_path):
+    """Renaming and reordering labels changes no verdict: points are chosen by configuration."""
+    write_claim_records(tmp_path / "plain", {}, reverse=False)
+    plain = claim_cells(tmp_path / "plain", {})
+    mor_vs_moe, mor_vs_lora = plain[0], plain[1]
+    # MoR at the paper's N = 8 (a point of the N sweep; mor-r[r=8] sweeps r, so it is not the
+    # paper's configuration) against MoE-LoRA at N = 8; LoRA without DoRA
+    assert mor_vs_moe[1] == (
+        "mor-N[num_experts=8] at num_experts=8, router=softmax vs "
+        "moe-lora-N[num_experts=8] at num_experts=8"
+    )
+    assert mor_vs_lora[1].endswith("vs lora at use_dora=false, use_rslora=false")
+    assert mor_vs_moe[5] == "+30.0, +30.0, +40.0 (sd 5.8)" and mor_vs_moe[-1] == "agrees"
+    # labels renamed so that they sort differently, sweep groups renamed, files reversed
+    # (first in label order: the decoys mor-r[r=8], at N = 8 but a point of an r sweep, and
+    # DoRA, a lora-plugin label that is not plain LoRA)
+    rename = {
+        "mor-N[num_experts=2]": "z-mor-1", "mor-N[num_experts=8]": "b-mor-2", "mor-r[r=8]": "a-mor-3",
+        "moe-lora-N[num_experts=4]": "a-moe-1", "moe-lora-N[num_experts=8]": "z-moe-2",
+        "dora": "a-lora", "lora": "zz-lora", "mor-N": "g1", "mor-r": "g0", "moe-lora-N": "g2",
+    }  # fmt: skip
+    write_claim_records(tmp_path / "renamed", rename, reverse=True)
+    renamed = claim_cells(
+        tmp_path / "renamed",
+        {v: k for k, v in rename.items() if "[" in k or k in ("dora", "lora")},
+    )
+    assert renamed == plain
+
+
+# ---- plots: every point identifiable -------------------------------------------------------
+
+
+def test_scatter_legend_entries_are_bound_to_their_own_points(tmp_path):
+    """Each legend entry is the point drawn at that label's data; no free text labels.
+
+    Two methods at the same parameter count and nearly the same accuracy (moe-lora and
+    moe-lora-top2 in reports/smollm2): text placed beside points by alternating offsets put
+    each name next to the other's point; legend entries drawn from the points cannot swap.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from lorabench.report.plots import accuracy_scatter
+
+    runs = tmp_path / "close" / "runs"
+    runs.mkdir(parents=True)
+    records = [r for r in synthetic_records() if r["label"] != "moe-lora"]
+    records += [
+        record("moe-lora", 0, {"t_a": ones(6), "t_b": ones(5)}, rss=510.0, params=120),
+        record("moe-lora-top2", 0, {"t_a": ones(5), "t_b": ones(5)}, rss=505.0, params=120),
+    ]
+    for rec in records:
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    data = ReportData(load_records(tmp_path / "close"), "lora")
+    for column in ("trainable_params", "peak_rss_mb"):
+        fig = accuracy_scatter(data, column, column, log_x=column == "trainable_params")
+        ax = fig.axes[0]
+        assert len(ax.texts) == 0  # no annotation that could sit by the wrong point
+        points = {c.get_label(): c.lines[0] for c in ax.containers}
+        expected = {
+            lb: (data.stat(lb, column)[0], 100 * data.stat(lb, "accuracy")[0])
+            for lb in data.labels
+            if data.ok_runs[lb] and (data.stat(lb, column)[0] > 0 or column != "trainable_params")
+        }
+        assert set(points) == set(expected)
+        handles, names = ax.get_legend_handles_labels()
+        shown = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert shown == names and set(expected) <= set(shown)
+        for label, (x, y) in expected.items():
+            container = handles[names.index(label)]
+            line = container.lines[0]
+            assert line is points[label]
+            assert (list(line.get_xdata()), list(line.get_ydata())) == ([x], [pytest.approx(y)])
+        styles = {(line.get_color(), line.get_marker()) for line in points.values()}
+        assert len(styles) == len(points)  # no two points look alike
+        # the close pair of the docstring: same x, different points, each under its own name
+        if column == "trainable_params":
+            assert points["moe-lora"].get_xdata()[0] == points["moe-lora-top2"].get_xdata()[0]
+        assert points["moe-lora"].get_ydata()[0] == pytest.approx(55.0)
+        assert points["moe-lora-top2"].get_ydata()[0] == pytest.approx(50.0)
+        matplotlib.pyplot.close(fig)
+
+
+# ---- wording: sentences say what the numbers say -----------------------------------------------
+
+
+def test_generated_sentences_follow_the_records(tmp_path):
+    """Chance, latency gaps and shared settings are worded from the records at hand."""
+    from lorabench.report import sections
+
+    runs = tmp_path / "words" / "runs"
+    runs.mkdir(parents=True)
+    for rec in synthetic_records():
+        if rec["status"] == "ok":  # the embedded tasks: 2-way sentiment, 4-way arithmetic
+            rename = {"t_a": "lb_sentiment", "t_b": "lb_arithmetic"}
+            ev = rec["metrics"]["eval"]
+            for key in ("per_task", "metric", "per_example"):
+                ev[key] = {rename[t]: v for t, v in ev[key].items()}
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    data = ReportData(load_records(tmp_path / "words"), "lora")
+    assert data.chance == {"lb_arithmetic": 0.25, "lb_sentiment": 0.5}
+    text = "\n".join(sections.per_task(data) + sections.summary(data) + sections.intro(data))
+    assert row(text, "(chance)")[1:] == ["25.0", "50.0"]
+    # base gets nothing right; lora's seeds average 50 % on each task (at chance, not below)
+    assert "Means below chance (a description, not a test): base on lb_arithmetic (0.0), " in text
+    assert "lora on" not in text.split("Means below chance")[1].split("\n")[0]
+    assert (
+        "chance (guessing uniformly among each task's choices): 37.50 % macro; below chance: base (0.00)"
+        in text
+    )
+    # no full row here: the latency note names only what is there
+    assert "full" not in text.split("- Latency:")[1].split("\n")[0]
+    assert "n/a: base (the base model itself, no adapter); mor (routed, cannot merge)" in text
+    assert "Every run starts from the same base model (tiny)" in text
+    assert "share the training data, steps, batch size, learning rate and schedule." in text
+    assert "Seeds: 0, 1 (base: one run, nothing is trained)." in text
+
+
+# ---- lr chosen on validation, honest costs (validation-protocol branch) --------------------
+
+
+def grid_records() -> list[dict]:
+    """lora on an lr grid (validation picks 3e-3, test would pick 1e-2) and mor at a fixed
+    lr; 3 seeds at the chosen lr; latency repeats, throughput windows, training-phase memory."""
+    out = []
+
+    def add(label, seed, lr, val, correct, *, grid=True, rss=500.0, ratio=1.5, tps=1000.0, **kw):
+        rec = record(label, seed, {"t_a": ones(correct), "t_b": ones(correct)}, rss=rss,
+                     params=100, tokens_per_s=tps, latency={"unmerged": 10 * ratio},
+                     method="lora", **kw)  # fmt: skip
+        m = rec["metrics"]
+        m["validation"] = {"per_task": {"t_a": val}, "macro_avg": val, "metric": {}}
+        m["memory"]["phases"] = {"train": {"peak_rss_mb": rss - 100, "method": "vmhwm"}}
+        m["latency_samples_ms"] = {
+            "base": [10.0, 10.2, 9.8, 10.1],
+            "unmerged": [10 * ratio * f for f in (1.0, 1.02, 0.98, 1.01)],
+        }
+        m["train_tokens_per_s_windows"] = [tps * f for f in (0.97, 1.0, 1.03, 1.01)]
+        rec["config"]["train"]["lr"] = lr
+        if grid:
+            rec["config"]["train_sweep"] = {"fields": ["lr"], "seed": 0}
+        rec["env"] |= {"base_weights_sha256": "a" * 64, "cpu_capability": "AVX2",
+                       "cpu_model": "Test CPU"}  # fmt: skip
+        rec["run_id"] = f"{label}-lr{lr}-seed{seed}"
+        out.append(rec)
+        return rec
+
+    add("lora", 0, 1e-3, 0.40, 4)
+    add("lora", 0, 3e-3, 0.60, 5)  # chosen: best validation
+    add("lora", 0, 1e-2, 0.50, 9)  # best test: must not be chosen
+    for seed in (1, 2):
+        add("lora", seed, 3e-3, 0.61, 6)
+    for seed in (0, 1, 2):  # mor: clearly faster training, latency inside lora's spread
+        add("mor", seed, 2e-3, 0.5, 7, grid=False, rss=450.0, ratio=1.5, tps=2000.0,
+            contended=seed == 2)  # fmt: skip
+        out[-1]["metrics"]["contended"] = seed == 2
+    return out
+
+
+def write_runs(folder: Path, records: list[dict]) -> Path:
+    runs = folder / "runs"
+    runs.mkdir(parents=True)
+    for rec in records:
+        (runs / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    return folder
+
+
+def test_the_report_shows_the_lr_chosen_on_validation_and_every_lr_in_the_sweep(tmp_path):
+    write_report(write_runs(tmp_path / "grid", grid_records()), tmp_path / "out")
+    text = (tmp_path / "out" / "report.md").read_text()
+    summary = text.split("## Summary")[1].split("\n## ")[0]
+    assert row(summary, "method")[1] == "lr"
+    lora, mor = row(summary, "lora"), row(summary, "mor")
+    assert lora[1:3] == ["0.003 (chosen of 3)", "3/3"] and mor[1:3] == ["0.002", "3/3 ‡"]
+    assert lora[10] == "56.67 ± 5.77"  # seeds 0-2 at 3e-3 only: (50 + 60 + 60) / 3
+    assert "by highest validation macro-average accuracy" in summary
+    assert "‡: 1 run(s) ran beside other work while training" in summary
+    grid = text.split("### Training grid: lr chosen on validation")[1].split("\n## ")[0]
+    rows = [ln for ln in grid.splitlines() if ln.startswith("| lora ")]
+    assert [[c.strip() for c in ln.strip("|").split("|")] for ln in rows] == [
+        ["lora", "0.001", "ok", "40.00", "40.00", ""],
+        ["lora", "0.003", "ok", "**60.00**", "50.00", "chosen (3 seed(s) ok)"],
+        ["lora", "0.01", "ok", "50.00", "90.00", ""],
+    ]
+    setup = text.split("## Setup")[1]
+    assert f"- base weights sha256: {'a' * 64}" in setup and "- CPU model: Test CPU" in setup
+    assert "Warning" not in setup
+
+
+def test_timings_and_memory_are_bold_only_outside_the_spread(tmp_path):
+    write_report(write_runs(tmp_path / "grid", grid_records()), tmp_path / "out")
+    summary = (tmp_path / "out" / "report.md").read_text().split("## Summary")[1]
+    header = row(summary, "method")
+    lora, mor = row(summary, "lora"), row(summary, "mor")
+    assert header[5] == "peak RSS, training (MiB)"  # the training phase, labelled so
+    assert lora[5] == "400.0" and mor[5] == "**350.0**"  # seeds agree: spread 0, apart
+    assert mor[6] == "**2,000**" and lora[6] == "1,000"  # windows do not overlap
+    assert lora[7] == mor[7] == "1.50"  # the same ratios: inside the spread, no bold
+    # overlapping spreads: mor only slightly faster than lora → no bold
+    close = grid_records()
+    for rec in close:
+        if rec["label"] == "mor":
+            rec["metrics"]["train_tokens_per_s_windows"] = [1010.0, 980.0, 1040.0, 1000.0]
+            rec["metrics"]["train_tokens_per_s"] = 1010.0
+    write_report(write_runs(tmp_path / "close", close), tmp_path / "out2")
+    summary = (tmp_path / "out2" / "report.md").read_text().split("## Summary")[1]
+    assert row(summary, "mor")[6] == "1,010" and row(summary, "lora")[6] == "1,000"
+
+
+def test_records_of_different_base_weights_are_flagged(tmp_path):
+    records = grid_records()
+    records[-1]["env"]["base_weights_sha256"] = "b" * 64
+    write_report(write_runs(tmp_path / "mixed", records), tmp_path / "out")
+    setup = (tmp_path / "out" / "report.md").read_text().split("## Setup")[1]
+    assert "**Warning:** these records loaded 2 different base models" in setup

@@ -144,6 +144,7 @@ def test_every_run_leaves_a_complete_record(smoke_records):
         "lb_sentiment",
         "lb_word_swap",
     ]
+    first_env = json.loads(files[0].read_text())["env"]
     for f in files:
         record = json.loads(f.read_text())
         assert set(RECORD_KEYS) <= set(record)
@@ -158,13 +159,39 @@ def test_every_run_leaves_a_complete_record(smoke_records):
         assert record["env"]["versions"]["torch"].startswith(torch.__version__.split("+")[0])
         source = record["env"]["model"]  # where the weights came from, with checksums
         assert source["name"] == "tiny" and len(source["sha256"]["model.safetensors"]) == 64
+        # reproducibility: the loaded weights' checksum (one base model for every run) and
+        # the floating-point identity of the machine
+        env = record["env"]
+        assert env["base_weights_sha256"] == first_env["base_weights_sha256"]
+        assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert env["cpu_model"]
+        # validation splits scored beside the test splits; memory per phase; every repeat
+        assert sorted(m["validation"]["per_task"]) == tasks
+        assert m["validation"]["macro_avg"] == pytest.approx(
+            sum(m["validation"]["per_task"].values()) / 7
+        )
+        phases = m["memory"]["phases"]
+        assert phases["eval"]["peak_rss_mb"] > 100 and phases["eval"]["method"] == "vmhwm"
+        assert m["memory"]["peak_rss_mb"] >= phases["eval"]["peak_rss_mb"]
+        assert len(m["latency_samples_ms"]["base"]) == 3  # eval.latency_repeats
+        assert m["latency_ms"]["base"] == pytest.approx(
+            sorted(m["latency_samples_ms"]["base"])[1]  # the median of 3
+        )
         if record["method"] == "base":
             assert m["trainable_params"] == 0 and "loss_curve" not in m
+            assert "train" not in phases and set(m["latency_samples_ms"]) == {"base"}
             continue
         assert len(m["loss_curve"]) == 8 and m["train_tokens_per_s"] > 0
+        assert len(m["train_tokens_per_s_windows"]) == 6  # 8 steps, 2 of warm-up
+        assert 0 < m["cpu_utilisation"] <= 1.5 and isinstance(m["contended"], bool)
+        wait = m["cpu_wait_fraction"]
+        assert wait is None or 0 <= wait <= 1.5
+        assert m["contended"] == (m["cpu_utilisation"] < 0.7 or (wait or 0) > 0.1)
+        assert phases["train"]["peak_rss_mb"] > 100
         assert m["latency_ms"]["unmerged"] > 0
         if record["method"] == "lora":
             assert m["latency_ms"]["merged"] > 0 and m["adapter_bytes"] > 4 * m["trainable_params"]
+            assert len(m["latency_samples_ms"]["merged"]) == 3
             assert (
                 m["budget"]["target"] == 120000 and m["trainable_params"] == m["budget"]["reached"]
             )

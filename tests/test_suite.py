@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorabench.api.registry import build_config, get_method
 from lorabench.errors import ConfigError
@@ -29,6 +30,8 @@ name = "lora"
 
 def write_suite(tmp_path, suite_extra="", train_extra="", method_extra="", text=None):
     path = tmp_path / "suite.toml"
+    if not (tmp_path / "tasks").exists():  # the default tasks_dir, checked by plan()
+        (tmp_path / "tasks").symlink_to(SUITES / "tasks")
     path.write_text(
         text
         or MINIMAL.format(
@@ -146,7 +149,8 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
     runs = plan(suite)
     labels = [r.label for r in runs]
     assert labels.count("base") == 1  # base does not depend on the seed
-    assert labels.count("mor") == labels.count("dora") == 3 and len(runs) == 1 + 8 * 3
+    # every trained method: 3 lrs x 3 seeds planned (the protocol runs 3 + 2 of them)
+    assert labels.count("mor") == labels.count("dora") == 9 and len(runs) == 1 + 8 * 9
     again = plan(load_suite(SUITES / "tiny.toml"))
     assert [r.run_id for r in runs] == [r.run_id for r in again]
     mor = next(r for r in runs if r.label == "mor")
@@ -156,11 +160,18 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
         "knob": "r",
         "value": 8,
     }
-    assert mor.config["method_config"]["r"] == 8 and mor.run_id.startswith("mor-seed0-")
-    full = next(r for r in runs if r.label == "full")
-    assert full.config["train"]["lr"] == 1e-3 and mor.config["train"]["lr"] == 3e-3
-    subset = plan(suite, methods=["lora"], seeds=[5], device="cuda")
-    assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, "cuda")]
+    assert mor.config["method_config"]["r"] == 8 and mor.run_id.startswith("mor-lr0.001-seed0-")
+    lrs = {lb: sorted({r.config["train"]["lr"] for r in runs if r.label == lb}) for lb in labels}
+    assert lrs["full"] == [1e-4, 3e-4, 1e-3]  # full fine-tuning: its own, smaller grid
+    assert all(len(v) >= 3 for lb, v in lrs.items() if lb != "base")
+    assert lrs["mor"] == [1e-3, 3e-3, 1e-2] and mor.config["train_sweep"] == {
+        "fields": ["lr"],
+        "seed": 0,
+    }
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # no CUDA: cuda is refused
+    subset = plan(suite, methods=["lora"], seeds=[5], device=device)
+    assert [(r.label, r.seed, r.config["device"]) for r in subset] == [("lora", 5, device)] * 3
+    assert {r.config["train_sweep"]["seed"] for r in subset} == {5}
     assert {r.label for r in plan(suite, methods=["dora"])} == {"dora"}
     with pytest.raises(ConfigError, match="--methods: 'vera' is not in suite tiny"):
         plan(suite, methods=["vera"])
@@ -187,12 +198,13 @@ NEEDS_TASK_SOURCE = [  # planning fetches and converts the built-in task source 
 def test_shipped_suites_parse_and_plan(name, tmp_path, monkeypatch):
     monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path))  # never the user's cache
     suite = load_suite(SUITES / f"{name}.toml")
-    runs = plan(suite)
+    no_cuda = suite.settings.device == "cuda" and not torch.cuda.is_available()
+    runs = plan(suite, device="cpu" if no_cuda else None)  # without CUDA, cuda is refused
     assert runs and all(r.config["suite"] == name for r in runs)
     if name == "mor-paper":
         counts = {r.label: r.config["method_config"] for r in runs}
         assert counts["mor"] == {**counts["mor"], "r": 8, "num_experts": 8}
-        assert suite.settings.tasks_dir is None and runs[0].config["device"] == "cuda"
+        assert suite.settings.tasks_dir is None and suite.settings.device == "cuda"
 
 
 SWEEP = """
@@ -277,3 +289,100 @@ def test_ablation_suite_parameter_growth_follows_the_closed_forms():
         spec = get_method(run.method)
         cfg = build_config(run.method, run.config["method_config"])
         assert sum(spec.param_count(cfg, i, o) for i, o in shapes) == expected, run.label
+
+
+# ---- training grids (a [train] list: selected on validation) ------------------------------
+
+GRID = """
+[suite]
+name = "g"
+model = "tiny"
+tasks_dir = "{tasks}"
+targets = "gate_proj,up_proj,down_proj"
+seeds = [0, 1]
+
+[train]
+steps = 4
+{train}
+
+[[methods]]
+name = "base"
+
+[[methods]]
+name = "lora"
+{lora}
+
+[[methods]]
+name = "mor"
+"""
+
+
+def grid_suite(tmp_path, train="", lora="", tasks=None):
+    text = GRID.format(train=train, lora=lora, tasks=tasks or SUITES / "tasks")
+    return load_suite(write_suite(tmp_path, text=text))
+
+
+def test_train_lists_are_grids_globally_and_per_method(tmp_path):
+    suite = grid_suite(
+        tmp_path,
+        train="lr = [1e-3, 3e-3]\nwarmup_steps = [2, 4]",
+        lora="train = { lr = [5e-4], warmup_steps = 3 }",
+    )
+    runs = plan(suite)
+    points = {
+        lb: sorted({(r.config["train"]["lr"], r.config["train"]["warmup_steps"]) for r in runs
+                    if r.label == lb})
+        for lb in ("base", "lora", "mor")
+    }  # fmt: skip
+    assert points["base"] == [(1e-3, 10)]  # base trains nothing: no grid, one run, defaults
+    assert points["lora"] == [(5e-4, 3)]  # the method's own settings replace the suite's
+    assert points["mor"] == [(1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4)]  # product
+    mor = [r for r in runs if r.label == "mor"]
+    assert len(mor) == 4 * 2 and mor[0].config["train_sweep"] == {
+        "fields": ["lr", "warmup_steps"],
+        "seed": 0,
+    }
+    assert mor[0].run_id.startswith("mor-lr0.001-warmup_steps2-seed0-")
+    lora = next(r for r in runs if r.label == "lora")
+    assert lora.config["train_sweep"] == {"fields": ["lr"], "seed": 0}
+
+
+def test_runs_outside_a_grid_keep_their_config_hash(tmp_path):
+    """No train list, no train_sweep key: the configs (and hashes) runs always had."""
+    runs = plan(load_suite(SUITES / "mor-ablation-tiny.toml"))
+    committed = {p.stem for p in (SUITES.parent / "reports" / "mor-ablation-tiny").glob("runs/*")}
+    assert {r.run_id for r in runs} == committed
+    plain = plan(grid_suite(tmp_path, train="lr = 3e-3"))
+    gridded = plan(grid_suite(tmp_path, train="lr = [3e-3]"))  # a one-point grid is a grid
+    assert all("train_sweep" not in r.config for r in plain)
+    assert {r.config["train"]["lr"] for r in gridded if r.label == "mor"} == {3e-3}
+    assert all("train_sweep" in r.config for r in gridded if r.label != "base")
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ("schedule = ['cosine', 'linear']", "[train].schedule: a list (a grid to select on "
+         "validation) is allowed for numeric fields only"),
+        ("lr = []", "[train].lr: a grid needs at least one value"),
+        ("lr = [1e-3, 1e-3]", "[train].lr: the grid repeats a value"),
+        ("lr = [1e-3, -1.0]", "train.lr: expected a positive number, got -1.0"),
+        ("lr = [1e-3, 'x']", "[train].lr: expected a number, got 'x'"),
+    ],
+)  # fmt: skip
+def test_bad_grids_are_one_line_errors(tmp_path, train, message):
+    with pytest.raises(ConfigError) as info:
+        plan(grid_suite(tmp_path, train=train))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_grid_needs_validation_splits(tmp_path):
+    from lorabench.tasks.synthetic import write_tasks
+
+    tasks = tmp_path / "tasks"
+    write_tasks(tasks, sizes={f: (40, 8, 10) for f in ("kv_memory", "list_ops", "arithmetic",
+                                                       "word_swap", "sentiment")})  # fmt: skip
+    (tasks / "lb_sentiment" / "validation.jsonl").unlink()
+    with pytest.raises(ConfigError, match="has no validation.jsonl"):
+        plan(grid_suite(tmp_path, train="lr = [1e-3, 3e-3]", tasks=tasks))
+    assert plan(grid_suite(tmp_path, train="lr = 1e-3", tasks=tasks))  # no grid: no need

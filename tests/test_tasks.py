@@ -29,7 +29,7 @@ from lorabench.tasks.synthetic import (
 )
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "suites" / "tasks"
-SMALL_SIZES = {family: (40, 10) for family in SPLIT_SIZES}
+SMALL_SIZES = {family: (40, 8, 10) for family in SPLIT_SIZES}
 PROMPT = re.compile(r"^(?P<tag>[a-z]+): (?P<input>.+) =$")
 
 
@@ -87,7 +87,7 @@ def test_every_row_has_the_shared_format():
     families += ("word_swap", "sentiment")
     assert list_tasks(TASKS_DIR) == sorted("lb_" + name for name in families)
     for task in list_tasks(TASKS_DIR):
-        for split in ("train", "test"):
+        for split in SPLITS:
             for row in load_split(TASKS_DIR, task, split):
                 context, completion = format_example(row)
                 assert PROMPT.match(context), context
@@ -95,6 +95,22 @@ def test_every_row_has_the_shared_format():
                 assert row["answer"] == row["answer"].strip() and "\n" not in row["answer"]
                 if "choices" in row:
                     assert row["choices"][row["label"]] == row["answer"]
+
+
+SPLITS = ("train", "validation", "test")
+
+
+def content_hashes(rows: list[dict]) -> set[str]:
+    """sha256 of each row's prompt and choices (multiple choice) or target (generation)."""
+    import hashlib
+    import json
+
+    return {
+        hashlib.sha256(
+            json.dumps([r["prompt"], r.get("choices", r["answer"])]).encode()
+        ).hexdigest()
+        for r in rows
+    }
 
 
 def test_splits_are_disjoint_except_memorisation():
@@ -107,8 +123,43 @@ def test_splits_are_disjoint_except_memorisation():
             assert not train.keys() & test.keys(), task
 
 
+@pytest.mark.parametrize("sizes", [None, SMALL_SIZES], ids=["committed", "small"])
+def test_validation_is_disjoint_from_train_and_test(sizes, tmp_path):
+    """Carved from the training pool with the generation seed; never trained on, never tested.
+
+    Disjoint on content hashes of prompt + choices/target, and on prompts alone (so no
+    training row asks the same question with other choices).
+    """
+    folder = TASKS_DIR
+    if sizes is not None:
+        folder = tmp_path / "tasks"
+        write_tasks(folder, seed=3, sizes=sizes)
+    for task in list_tasks(folder):
+        rows = {split: load_split(folder, task, split) for split in SPLITS}
+        validation = content_hashes(rows["validation"])
+        assert len(validation) == len(rows["validation"]) > 0, task  # no repeats
+        assert not validation & content_hashes(rows["train"]), task
+        assert not validation & content_hashes(rows["test"]), task
+        prompts = {r["prompt"] for r in rows["validation"]}
+        assert not prompts & {r["prompt"] for r in rows["train"] + rows["test"]}, task
+
+
+def test_validation_is_carved_out_of_the_training_pool():
+    """Train + validation of the three-split generator = train of a two-split one (pool)."""
+    from lorabench.tasks.synthetic import generate_tasks
+
+    pooled = {family: (n + v, 0, t) for family, (n, v, t) in SPLIT_SIZES.items()}
+    unsplit = generate_tasks(0, pooled)
+    for task, (train, validation, test) in generate_tasks(0).items():
+        if task == "lb_kv_memory":
+            continue  # its validation pairs are new (memorisation cannot be validated)
+        key = content_hashes
+        assert key(train) | key(validation) == key(unsplit[task][0]), task
+        assert key(test) == key(unsplit[task][2]), task
+
+
 def test_list_tasks_share_inputs_and_differ_in_outputs():
-    for split in ("train", "test"):
+    for split in SPLITS:
         by_op = {op: load_split(TASKS_DIR, f"lb_list_{op}", split) for op in LIST_OPS}
         inputs = {
             op: [PROMPT.match(r["prompt"])["input"] for r in rows] for op, rows in by_op.items()
@@ -120,7 +171,7 @@ def test_list_tasks_share_inputs_and_differ_in_outputs():
 
 
 def test_sentiment_is_balanced():
-    for split in ("train", "test"):
+    for split in SPLITS:
         labels = [r["label"] for r in load_split(TASKS_DIR, "lb_sentiment", split)]
         assert abs(sum(labels) * 2 - len(labels)) <= 1
 
@@ -129,11 +180,16 @@ def test_sentiment_is_balanced():
 
 
 @pytest.fixture(scope="module")
-def task_manager():
+def task_manager(tmp_path_factory):
+    """lm-eval over the committed tasks as the evaluator gives them: data files absolute."""
     from lm_eval.tasks import TaskManager
 
+    from lorabench.tasks.lm_eval_yaml import lm_eval_task_folder
+
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
+    tmp = tmp_path_factory.mktemp("lm_eval_tasks")
+    folder = lm_eval_task_folder(TASKS_DIR, tmp / "tasks", tmp / "cache")
+    return TaskManager(include_path=str(folder), include_defaults=False)
 
 
 @pytest.fixture(scope="module")

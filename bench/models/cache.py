@@ -42,7 +42,7 @@ def build_once(
     if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(folder.with_suffix(".lock")):
+    with _lock(folder.with_suffix(".lock"), what):
         if (folder / marker).is_file():  # another process built it meanwhile
             return folder
         log.info("building %s in %s (once)", what, folder)
@@ -68,9 +68,26 @@ def build_once(
 
 
 @contextmanager
-def _lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+def _lock(path: Path, what: str = "a cached model"):
+    """An exclusive lock on ``path``; says once what it waits for when another process holds it."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            log.warning(
+                "waiting for another process%s, which is building %s (lock %s)",
+                f" (pid {holder})" if holder.isdigit() else "",
+                what,
+                path,
+            )
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.info("lock %s acquired", path)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         try:
             yield
         finally:

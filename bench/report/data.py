@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tabulate import tabulate
 
+from lorabench import selection
 from lorabench.errors import ConfigError
-from lorabench.records import read_record
-from lorabench.report.stats import mcnemar_exact, mean_std, paired_bootstrap_ci
+from lorabench.records import RecordError, load_record
+from lorabench.report.stats import SeedDelta, mean_std, seed_delta
+from lorabench.tasks.synthetic import CHOICE_METRIC, N_CHOICES, SENTIMENT_CHOICES, TASK_PREFIX
 
 NA = "n/a"
-BOOTSTRAP_RESAMPLES = 10000
 INTEGER_COLUMNS = (
     "seed", "trainable_params", "base_params", "train_tokens", "adapter_bytes",
     "budget_target", "budget_reached",
@@ -37,23 +38,62 @@ RUN_COLUMNS = (
 
 @dataclass(frozen=True)
 class Records:
-    """The records of one results folder, one per (label, seed), sorted for reporting."""
+    """The records of one results folder, one per (label, seed), sorted for reporting.
+
+    A training grid's runs are in ``runs`` at the chosen point only; ``grid`` holds every
+    grid record and ``choices`` the choice of each grid method (``lorabench.selection``).
+    """
 
     runs: list[dict]
     unreadable: list[str]  # file names that are not valid records
     superseded: int  # older records of a (label, seed) that a newer one replaced
+    grid: list[dict] = field(default_factory=list)
+    choices: dict[str, selection.Choice] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()  # "<file>: <why>" for each unreadable file
+    merged: tuple[str, ...] = ()  # what ``merge=True`` combined (empty: nothing to merge)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """A paired comparison ``candidate - reference`` in accuracy points."""
+    """A paired comparison ``candidate - reference`` in accuracy points, seed by seed.
 
-    delta_points: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    pairs: int
-    reused_seed: bool  # the reference lacked a seed, so another reference seed was reused
+    ``result`` is :func:`lorabench.report.stats.seed_delta` on the per-example scores
+    (fractions); the fields below are in points. ``seeds`` are the paired seeds in ascending
+    order (``per_seed`` follows it). ``fixed`` names the side that is one deterministic run
+    (the base model) paired with every seed of the other side, else None. ``unpaired``
+    lists, per side, the seeds that had no partner on the other side and were left out.
+    """
+
+    result: SeedDelta
+    seeds: tuple[object, ...]
+    fixed: str | None  # "reference" or "candidate": its one run is paired with each seed
+    unpaired: tuple[tuple[str, tuple[object, ...]], ...]  # (side, seeds left out)
+    tasks: tuple[str, ...]
+
+    @property
+    def delta_points(self) -> float:
+        return 100 * self.result.estimate
+
+    @property
+    def ci_low(self) -> float:
+        return 100 * self.result.low
+
+    @property
+    def ci_high(self) -> float:
+        return 100 * self.result.high
+
+    @property
+    def p_value(self) -> float:
+        return self.result.p_value
+
+    @property
+    def per_seed(self) -> tuple[float, ...]:
+        return tuple(100 * d for d in self.result.per_seed)
+
+    @property
+    def per_seed_sd(self) -> float | None:
+        sd = self.result.per_seed_sd
+        return None if sd is None else 100 * sd
 
 
 # ---- small helpers ------------------------------------------------------------------------
@@ -141,13 +181,30 @@ def _label_rank(label: str, method: str) -> tuple[int, str]:
     return ({"base": 0, "full": 1}.get(method, 2), label)
 
 
+def chance_rate(task: str, metric: str | None) -> float | None:
+    """The accuracy of guessing uniformly among the choices, for the embedded tasks.
+
+    Known only for the embedded multiple-choice tasks (``lb_*`` scored by ``acc,none``):
+    sentiment picks one of two labels, every other task one of ``N_CHOICES``. None for
+    anything else (other tasks' choice counts are not in the records).
+    """
+    if not task.startswith(TASK_PREFIX) or metric != CHOICE_METRIC:
+        return None
+    return 1 / len(SENTIMENT_CHOICES) if task == f"{TASK_PREFIX}sentiment" else 1 / N_CHOICES
+
+
 # ---- loading ------------------------------------------------------------------------------
 
 
-def load_records(results_dir: str | Path) -> Records:
+def load_records(results_dir: str | Path, merge: bool = False) -> Records:
     """Records in ``results_dir/runs/*.json`` (or ``results_dir/*.json``), newest per run.
 
-    Raises ConfigError when the folder is missing or holds no readable record.
+    A results folder holds one suite's runs: records of several suites, or records of one
+    (label, seed) with different config hashes, raise ConfigError naming the files, unless
+    ``merge`` (then the newest record per (label, seed) is kept and ``Records.merged``
+    says what was combined). Raises ConfigError when the folder is missing or holds no
+    readable record; files that are not valid records are listed in ``unreadable`` (with
+    the reason in ``problems``) and skipped.
     """
     folder = Path(results_dir)
     if not folder.is_dir():
@@ -158,20 +215,81 @@ def load_records(results_dir: str | Path) -> Records:
             files = sorted(p for p in candidate.glob("*.json") if not p.name.startswith("."))
         if files:
             break
-    found, unreadable = [], []
+    found: list[tuple[str, dict]] = []
+    unreadable, problems = [], []
     for path in files:
-        record = read_record(path)
-        if record is None or not isinstance(record.get("label"), str):
+        try:
+            record = load_record(path)
+            if not isinstance(record["label"], str):
+                raise RecordError(f"{path.name}: label: expected a string")
+            found.append((path.name, record))
+        except RecordError as exc:
             unreadable.append(path.name)
-        else:
-            found.append(record)
+            problems.append(f"{path}: " + str(exc).removeprefix(f"{path.name}: "))
     if not found:
         raise ConfigError(f"no readable result records in {folder} (expected runs/*.json)")
-    newest: dict[tuple[str, str], dict] = {}
-    for record in sorted(found, key=_freshness):
-        newest[(record["label"], str(record.get("seed")))] = record
-    runs = sorted(newest.values(), key=_run_order)
-    return Records(runs, unreadable, len(found) - len(newest))
+    merged = _mixed(folder, found, merge)
+    newest: dict[tuple, dict] = {}
+    for record in sorted((record for _, record in found), key=_freshness):
+        newest[_run_key(record)] = record
+    grid = sorted(
+        (r for r in newest.values() if selection.grid_of(r.get("config"))), key=_run_order
+    )
+    choices = selection.select(grid)
+    runs = [r for r in newest.values() if selection.is_selected(r, choices)]
+    runs.sort(key=_run_order)
+    return Records(
+        runs, unreadable, len(found) - len(newest), grid, choices, tuple(problems), merged
+    )
+
+
+def _run_key(record: dict) -> tuple:
+    """One run: its label, seed and training-grid point (an lr grid holds several per seed)."""
+    return (record["label"], str(record.get("seed")), selection.point_key(record))
+
+
+def _names(files: list[str], limit: int = 4) -> str:
+    shown = ", ".join(files[:limit])
+    return shown + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
+def _mixed(folder: Path, found: list[tuple[str, dict]], merge: bool) -> tuple[str, ...]:
+    """What mixes in ``found``: several suites, several configs of one (label, seed).
+
+    ConfigError naming the files unless ``merge``; with ``merge``, one line per kind.
+    """
+    suites: dict[str, list[str]] = {}
+    configs: dict[tuple, dict[str, list[str]]] = {}
+    for name, record in found:
+        suites.setdefault(str(record["suite"]), []).append(name)
+        configs.setdefault(_run_key(record), {}).setdefault(record["config_hash"], []).append(name)
+    conflicts = {key[:2]: hashes for key, hashes in configs.items() if len(hashes) > 1}
+    hint = "pass --merge to report them together (the newest record of each run is kept)"
+    if len(suites) > 1 and not merge:
+        listing = "; ".join(f"suite {s}: {_names(n)}" for s, n in sorted(suites.items()))
+        raise ConfigError(
+            f"{folder} holds records of {len(suites)} suites ({listing}); a results folder "
+            f"holds one suite's runs: move the others away, or {hint}"
+        )
+    if conflicts and not merge:
+        listing = "; ".join(
+            f"{label} seed {seed}: {_names([n for names in hashes.values() for n in names])}"
+            for (label, seed), hashes in sorted(conflicts.items())
+        )
+        raise ConfigError(
+            f"{folder} holds records of different configs for {len(conflicts)} run(s) "
+            f"({listing}); move the outdated records away, or {hint}"
+        )
+    merged = []
+    if len(suites) > 1:
+        merged.append(f"records of {len(suites)} suites ({', '.join(sorted(suites))})")
+    if conflicts:
+        runs = ", ".join(f"{label} seed {seed}" for label, seed in sorted(conflicts))
+        merged.append(
+            f"records of different configs for {len(conflicts)} run(s) ({runs}), of which "
+            "the newest is kept"
+        )
+    return tuple(merged)
 
 
 def _freshness(record: dict) -> tuple[bool, str, str]:
@@ -235,54 +353,102 @@ def runs_frame(runs: list[dict]) -> pd.DataFrame:
 # ---- paired comparisons -------------------------------------------------------------------
 
 
-def _per_example(record: dict) -> dict[str, list[int]]:
+def _per_example(record: dict) -> dict[str, list[float]]:
     per_example = ((record.get("metrics") or {}).get("eval") or {}).get("per_example") or {}
-    return {task: [int(bool(x)) for x in values] for task, values in per_example.items()}
+    return {task: [float(x) for x in values] for task, values in per_example.items()}
+
+
+def _seed_key(seed: object) -> tuple[bool, int, str]:
+    """Ascending seed order: integers by value, then anything else by its text."""
+    is_int = isinstance(seed, int) and not isinstance(seed, bool)
+    return (not is_int, seed if is_int else 0, str(seed))  # type: ignore[return-value]
+
+
+def _is_fixed(runs: list[dict]) -> bool:
+    """One run of the base model: deterministic (nothing is trained), so no seed to match."""
+    return len(runs) == 1 and str(runs[0].get("method")) == "base"
 
 
 def compare(
     reference: list[dict], candidate: list[dict], task: str | None = None
 ) -> Comparison | None:
-    """Paired test of ``candidate`` against ``reference`` runs on per-example correctness.
+    """``candidate - reference`` on per-example correctness, seed by seed (one procedure).
 
-    Run seed s pairs with the reference run of seed s (else the reference's lowest seed);
-    examples pool over seeds. The estimate and its bootstrap CI are macro-averaged over
-    tasks (stratified by task); McNemar's exact p uses every pair. None without pairs.
+    Seeds pair by seed number: candidate seed s against reference seed s; seeds that only
+    one side has are left out and listed in ``unpaired`` (never paired with another seed).
+    The base model is one deterministic run: when one side is that, it is paired with every
+    seed of the other side (``fixed``). Tasks: those every paired run has with the same
+    number of examples (only ``task`` when given). Each seed's macro Δ and the seeds'
+    random-effects combination come from :func:`lorabench.report.stats.seed_delta`. None
+    when no seed pairs or no task is shared.
     """
-    by_seed = {str(run.get("seed")): run for run in reference}
-    if not by_seed:
+    if not reference or not candidate:
         return None
-    fallback = reference[0]
-    a: list[int] = []
-    b: list[int] = []
-    strata: list[str] = []
-    reused = False
-    for run in candidate:
-        partner = by_seed.get(str(run.get("seed")))
-        reused = reused or partner is None
-        ref_examples, run_examples = _per_example(partner or fallback), _per_example(run)
-        for name in sorted(set(ref_examples) & set(run_examples)):
-            if (task is None or name == task) and len(ref_examples[name]) == len(
-                run_examples[name]
-            ):
-                a += ref_examples[name]
-                b += run_examples[name]
-                strata += [name] * len(ref_examples[name])
-    if not a:
+    fixed = None
+    if _is_fixed(reference) and not _is_fixed(candidate):
+        fixed = "reference"
+    elif _is_fixed(candidate) and not _is_fixed(reference):
+        fixed = "candidate"
+    ref_by_seed = {run.get("seed"): run for run in reference}
+    cand_by_seed = {run.get("seed"): run for run in candidate}
+    unpaired: tuple[tuple[str, tuple[object, ...]], ...] = ()
+    if fixed == "reference":
+        pairs = {seed: (reference[0], run) for seed, run in cand_by_seed.items()}
+    elif fixed == "candidate":
+        pairs = {seed: (run, candidate[0]) for seed, run in ref_by_seed.items()}
+    else:
+        pairs = {
+            seed: (ref_by_seed[seed], run)
+            for seed, run in cand_by_seed.items()
+            if seed in ref_by_seed
+        }
+        left_out = (
+            ("candidate", tuple(sorted(set(cand_by_seed) - set(ref_by_seed), key=_seed_key))),
+            ("reference", tuple(sorted(set(ref_by_seed) - set(cand_by_seed), key=_seed_key))),
+        )
+        unpaired = tuple((side, seeds) for side, seeds in left_out if seeds)
+    seeds = tuple(sorted(pairs, key=_seed_key))
+    examples = {seed: tuple(_per_example(run) for run in pairs[seed]) for seed in seeds}
+    runs = [side for pair in examples.values() for side in pair]
+    shared = set.intersection(*(set(run) for run in runs)) if runs else set()
+    tasks = sorted(
+        name
+        for name in shared
+        if (task is None or name == task)
+        and len({len(run[name]) for run in runs}) == 1
+        and len(runs[0][name]) > 0
+    )
+    if not seeds or not tasks:
         return None
-    delta, low, high = paired_bootstrap_ci(a, b, BOOTSTRAP_RESAMPLES, seed=0, strata=strata)
-    return Comparison(100 * delta, 100 * low, 100 * high, mcnemar_exact(a, b), len(a), reused)
+    a = {i: {t: examples[seed][0][t] for t in tasks} for i, seed in enumerate(seeds)}
+    b = {i: {t: examples[seed][1][t] for t in tasks} for i, seed in enumerate(seeds)}
+    return Comparison(seed_delta(a, b), seeds, fixed, unpaired, tuple(tasks))
+
+
+def fmt_p(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def fmt_comparison(result: Comparison | None) -> list[str]:
-    """Cells: Δ points, 95% CI, McNemar p."""
+    """Cells: Δ points, 95% CI, p, and the per-seed Δs with their sd.
+
+    The Δ carries "†" when seeds were left out for lack of a partner, "*" when the interval
+    covers example sampling only (one seed, or seeds that all gave the same Δ).
+    """
     if result is None:
-        return [NA, NA, NA]
-    p = result.p_value
+        return [NA, NA, NA, NA]
+    marks = ("†" if result.unpaired else "") + (
+        "*" if result.result.df is None and math.isfinite(result.ci_low) else ""
+    )
+    per_seed = ", ".join(f"{d:+.1f}" for d in result.per_seed)
+    if result.per_seed_sd is not None:
+        per_seed += f" (sd {result.per_seed_sd:.1f}"
+        per_seed += "; base: one run, paired with each seed)" if result.fixed else ")"
     return [
-        f"{result.delta_points:+.2f}" + ("†" if result.reused_seed else ""),
+        f"{result.delta_points:+.2f}{marks}",
         f"[{result.ci_low:+.2f}, {result.ci_high:+.2f}]",
-        f"{p:.3f}" if p >= 0.001 else f"{p:.1e}",
+        fmt_p(result.p_value),
+        per_seed,
     ]
 
 
@@ -347,6 +513,19 @@ class ReportData:
             if record.get("status") == "ok":
                 self.ok_runs[record["label"]].append(record)
         self.tasks = sorted(c[4:] for c in self.frame.columns if c.startswith("acc_"))
+        metrics: dict[str, set[str]] = {}
+        for record in records.runs:
+            for task, name in (
+                ((record.get("metrics") or {}).get("eval") or {}).get("metric") or {}
+            ).items():
+                metrics.setdefault(task, set()).add(str(name))
+        #: task -> chance accuracy (fraction), for the tasks where it is known
+        self.chance = {
+            task: rate
+            for task in self.tasks
+            if len(metrics.get(task, ())) == 1
+            and (rate := chance_rate(task, next(iter(metrics[task])))) is not None
+        }
         self.adapted = [self.methods[label] != "base" for label in self.labels]
         self.routing = {lb: routing_summary(self.ok_runs[lb]) for lb in self.labels}
 
@@ -356,11 +535,6 @@ class ReportData:
 
     def mean(self, label: str, column: str, spec: str, scale: float = 1.0) -> str:
         return fmt(scale * self.stat(label, column)[0], spec)
-
-    def label_for(self, method: str) -> str | None:
-        """The label that runs ``method`` (the label equal to it first), or None."""
-        matches = [label for label in self.labels if self.methods[label] == method]
-        return method if method in matches else (matches[0] if matches else None)
 
     def values(self, get: Any) -> str:
         """The sorted distinct non-empty values ``get(record)`` takes, comma-separated."""

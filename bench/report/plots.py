@@ -22,26 +22,41 @@ def _short_number(value: float) -> str:
     return f"{value:g}"
 
 
+#: point styles: colour C0-C9 by label index, then the marker, so up to 100 labels differ
+MARKERS = "osD^v<>ph*"
+
+
+HATCHES = ("", "////", "....", "xxxx")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def point_style(index: int) -> tuple[str, str]:
+    """The (colour, marker) of the label at ``index``; distinct for indices below 100."""
+    return f"C{index % 10}", MARKERS[(index // 10) % len(MARKERS)]
+
+
 def _scatter(ax: Any, points: list[tuple[int, str, float, float, float]], log_x: bool) -> None:
-    """Accuracy points with std error bars, labelled, and their Pareto front dashed."""
+    """Accuracy points with std error bars, one legend entry each, and their Pareto front.
+
+    Points are identified by the legend only (a distinct colour and marker per label, the
+    handle drawn from the point itself): text labels next to points can end up beside
+    the wrong point when two points are close.
+    """
     if not points:
         _no_data(ax)
         return
-    for n, (color, label, x, y, err) in enumerate(points):
-        ax.errorbar([x], [y], yerr=[err], fmt="o", color=f"C{color % 10}", capsize=3, ms=5)
-        offset = (4, 4) if n % 2 == 0 else (4, -10)  # alternate, so close neighbours stay legible
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, fontsize=7)
+    for index, label, x, y, err in points:
+        color, marker = point_style(index)
+        ax.errorbar([x], [y], yerr=[err], fmt=marker, color=color, capsize=3, ms=5, label=label)
     front = sorted(
         (points[i][2], points[i][3]) for i in pareto_front([(p[2], p[3]) for p in points])
     )
     ax.plot(
         [x for x, _ in front],
         [y for _, y in front],
-        "--o",
+        "--",
         color="grey",
         lw=1,
-        ms=10,
-        mfc="none",
         label="Pareto front",
     )
     if log_x:  # ticks at 1, 2, 5 x 10^k; the margin keeps at least one in view
@@ -53,6 +68,37 @@ def _scatter(ax: Any, points: list[tuple[int, str, float, float, float]], log_x:
         ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _short_number(v)))
         ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def accuracy_scatter(report: ReportData, column: str, xlabel: str, log_x: bool) -> Any:
+    """The figure of macro accuracy against ``column`` (mean over seeds), one point per label."""
+    import matplotlib.pyplot as plt
+
+    labels = report.labels
+    accuracy = {lb: report.stat(lb, "accuracy") for lb in labels}
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    points = []
+    for i, label in enumerate(labels):
+        kind = report.ok.loc[report.ok["label"] == label, "memory_kind"]
+        use = "peak_allocated_mb" if column == "peak_rss_mb" and (kind == "cuda").any() else column
+        x = report.stat(label, use)[0]
+        mean, std = accuracy[label]
+        if math.isfinite(x) and math.isfinite(mean) and (x > 0 or not log_x):
+            points.append((i, label, x, 100 * mean, 100 * (std or 0.0)))
+    _scatter(ax, points, log_x)
+    base = [accuracy[lb][0] for lb in labels if report.methods[lb] == "base"]
+    if log_x and base and math.isfinite(base[0]):
+        ax.axhline(100 * base[0], color="grey", lw=0.8, ls=":", label="base (no adapter)")
+    if points:
+        ax.legend(
+            fontsize=6,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            ncol=1 if len(points) <= 14 else 2,
+        )
+    ax.set(xlabel=xlabel, ylabel="macro accuracy % (mean ± std)")
+    return fig
 
 
 def write_plots(report: ReportData, out: Path) -> list[Path]:
@@ -72,38 +118,13 @@ def write_plots(report: ReportData, out: Path) -> list[Path]:
         written.append(out / name)
 
     labels = report.labels
-    accuracy = {lb: report.stat(lb, "accuracy") for lb in labels}
-
-    def point(i: int, label: str, x: float) -> tuple[int, str, float, float, float]:
-        mean, std = accuracy[label]
-        return (i, label, x, 100 * mean, 100 * (std or 0.0))
-
     cuda = (report.ok["memory_kind"] == "cuda").any()
     memory_kind = "peak CUDA allocated (CUDA runs) / RSS" if cuda else "peak RSS"
     for name, column, xlabel, log_x in (
         ("accuracy_vs_params.png", "trainable_params", "trainable parameters (log)", True),
         ("accuracy_vs_memory.png", "peak_rss_mb", f"{memory_kind} (MiB)", False),
     ):
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        points = []
-        for i, label in enumerate(labels):
-            kind = report.ok.loc[report.ok["label"] == label, "memory_kind"]
-            use = (
-                "peak_allocated_mb"
-                if column == "peak_rss_mb" and (kind == "cuda").any()
-                else column
-            )
-            x = report.stat(label, use)[0]
-            if math.isfinite(x) and math.isfinite(accuracy[label][0]) and (x > 0 or not log_x):
-                points.append(point(i, label, x))
-        _scatter(ax, points, log_x)
-        base = [accuracy[lb][0] for lb in labels if report.methods[lb] == "base"]
-        if log_x and base and math.isfinite(base[0]):
-            ax.axhline(100 * base[0], color="grey", lw=0.8, ls=":", label="base")
-        if points:
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set(xlabel=xlabel, ylabel="macro accuracy %")
-        save(fig, name)
+        save(accuracy_scatter(report, column, xlabel, log_x), name)
 
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(report.tasks) + 2), 3.5))
     with_runs = [(i, lb) for i, lb in enumerate(labels) if report.ok_runs[lb]]
@@ -116,6 +137,7 @@ def write_plots(report: ReportData, out: Path) -> list[Path]:
             width,
             label=label,
             color=f"C{i % 10}",
+            hatch=HATCHES[(i // 10) % len(HATCHES)],  # beyond 10 labels the colours repeat
         )
     if report.tasks:
         ax.set_xticks(
@@ -145,7 +167,12 @@ def write_plots(report: ReportData, out: Path) -> list[Path]:
         window = max(1, len(mean) // 50)
         smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
         ax.plot(
-            np.arange(len(smooth)) + (window - 1) / 2, smooth, label=label, color=f"C{i % 10}", lw=1
+            np.arange(len(smooth)) + (window - 1) / 2,
+            smooth,
+            label=label,
+            color=f"C{i % 10}",
+            ls=LINESTYLES[(i // 10) % len(LINESTYLES)],  # beyond 10 labels the colours repeat
+            lw=1,
         )
         drawn = True
     if drawn:

@@ -1,9 +1,14 @@
-"""Sweeps in a report: accuracy and trainable parameters against each swept config field.
+"""Sweeps in a report: accuracy and trainable parameters against each swept config field,
+and every point of each training grid (e.g. an lr grid) with its validation score.
 
 A sweep point's record carries ``config["sweep"] = {"group": label, "values": {field: v}}``
 (see `lorabench.run.suite`). For every swept field we draw one line per series — a group with its
 other swept fields held fixed — so e.g. a ``num_experts`` sweep of MoR and of MoE-LoRA share
 one plot, as in the MoR paper's ablations.
+
+A training grid's records carry ``config["train_sweep"]``; the table lists every point of
+every grid method on the selection seed, its validation score, and which point
+`lorabench.selection` chose (the same choice the runner made, and the main tables show).
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lorabench.report.data import ReportData, fmt, md_table
+from lorabench import selection
+from lorabench.report.data import ReportData, fmt, md_cell, md_table, num
 from lorabench.report.stats import mean_std
 
 Series = dict[str, list[tuple[Any, str]]]  # series name -> [(swept value, run label)]
@@ -48,6 +54,64 @@ def point_stats(data: ReportData, label: str) -> tuple[float, float | None, floa
 
 
 def sweep_section(data: ReportData) -> list[str]:
+    grid = grid_lines(data)
+    lines = config_sweep_lines(data)
+    if not lines and not grid:
+        return []
+    if not lines:
+        lines = ["## Sweeps", ""]
+    return lines + grid
+
+
+def grid_lines(data: ReportData) -> list[str]:
+    """Every training-grid point of every method, its validation score, and the choice."""
+    choices = data.records.choices
+    if not choices:
+        return []
+    fields = selection.ordered_fields({f for c in choices.values() for f in c.fields})
+    by_run = {r.get("run_id"): r for r in data.records.grid}
+    rows = []
+    for label, choice in sorted(choices.items()):
+        seeds_at_choice = sum(
+            1
+            for r in data.records.grid
+            if r["label"] == label and r.get("status") == "ok"
+            and selection.is_selected(r, choices, undecided=False)
+        )  # fmt: skip
+        for candidate in choice.candidates:
+            record = by_run.get(candidate.run_id) or {}
+            test = num((record.get("metrics") or {}).get("accuracy"))
+            chosen = candidate.point == choice.point
+            score = None if candidate.score is None else 100 * candidate.score
+            rows.append(
+                [
+                    label,
+                    *(str(candidate.point.get(f, "—")) for f in fields),
+                    candidate.status,
+                    f"**{fmt(score, '.2f')}**" if chosen else fmt(score, ".2f"),
+                    fmt(100 * test, ".2f"),
+                    f"chosen ({seeds_at_choice} seed(s) ok)" if chosen else "",
+                ]
+            )
+    seeds = ", ".join(str(s) for s in sorted({c.seed for c in choices.values()}))
+    return [
+        f"### Training grid: {', '.join(fields)} chosen on validation",
+        "",
+        f"Every point of each method on the selection seed ({seeds}), scored on the tasks' "
+        "validation splits (carved out of the training data, never trained on). Rule: "
+        f"{md_cell(selection.RULE)}. The test accuracy of each point is shown for "
+        "reference only: it takes no part in the choice. The other seeds ran at the chosen "
+        "point only, and every other table of this report shows that point.",
+        "",
+        md_table(
+            ["method", *fields, "status", "validation % (macro)", "test % (not used)", "choice"],
+            rows,
+        ),
+        "",
+    ]
+
+
+def config_sweep_lines(data: ReportData) -> list[str]:
     fields = swept_fields(data)
     if not fields:
         return []

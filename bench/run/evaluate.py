@@ -1,7 +1,9 @@
 """Accuracy through lm-eval, on the in-memory model, offline.
 
 ``simple_evaluate`` runs on ``HFLM(pretrained=model, tokenizer=tokenizer)`` with a
-``TaskManager`` over our task folder (or lm-eval's registry for standard tasks). We keep
+``TaskManager`` over our task folder (or lm-eval's registry for standard tasks): a temporary
+copy of its YAMLs with the data files as absolute paths and a fresh datasets cache
+(:func:`lorabench.tasks.lm_eval_yaml.lm_eval_task_folder`), removed afterwards. We keep
 per-example correctness for paired statistics, restore the model's train/eval mode and
 the global RNG states (lm-eval reseeds and advances them), and keep its output quiet.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,6 +68,20 @@ def _quiet_hflm():
     return QuietHFLM
 
 
+def _on_split(manager, task: str, split: str):
+    """The lm-eval task ``task`` built as usual, then scored on ``split`` instead of test."""
+    from lm_eval.tasks import get_task_dict
+
+    if hasattr(manager, "load"):
+        built = manager.load([task])["tasks"][task]
+    else:  # older lm-eval
+        built = get_task_dict([task], manager)[task]
+    if split not in built.dataset:
+        raise ValueError(f"task {task} has no {split!r} split (its splits: {list(built.dataset)})")
+    built.config.test_split = split
+    return built
+
+
 def evaluate(
     model,
     tokenizer,
@@ -78,6 +95,8 @@ def evaluate(
     progress: bool = True,
     limit_seed: int | None = None,
     primary: Mapping[str, str] | None = None,
+    split: str = "test",
+    splits: tuple[str, ...] | None = None,
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
@@ -85,27 +104,65 @@ def evaluate(
     benchmarks, which need hub access for their data). ``limit``: items per task, one
     number or ``{task: n}`` (tasks not named: all items); lm-eval's first ``n`` unless
     ``limit_seed`` is set, then a seeded random subset (:func:`seeded_subset`), the same
-    for every method and seed. ``primary``: ``{task: metric}`` to rank a task on (e.g.
-    ``acc_norm``) instead of the first of :data:`PRIMARY_METRICS` it reports.
+    for every method and seed; it applies to every split scored. ``primary``:
+    ``{task: metric}`` to rank a task on (e.g. ``acc_norm``) instead of the first of
+    :data:`PRIMARY_METRICS` it reports. ``split``: the data split scored (``test``, the
+    task's own; or e.g. ``validation``, a split its data files also name). ``splits``:
+    several splits scored in one go, sharing the task folder, its data cache and the model
+    wrapper; the result is then ``{split: result}``.
     """
-    import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from lorabench.tasks.lm_eval_yaml import lm_eval_task_folder
+
     _quiet_lm_eval()
-    manager = (
-        TaskManager(include_path=str(include_path), include_defaults=False)
-        if include_path is not None
-        else TaskManager()
-    )
+    wanted = tuple(splits) if splits else (split,)
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    options = (lm, limit, limit_seed, primary, num_fewshot, chat_template, progress)
+    if include_path is None:
+        manager = TaskManager()
+        scored = {s: _evaluate(model, tasks, manager, *options, s) for s in wanted}
+        return scored if splits else scored[split]
+    import datasets
+
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a "Generating split" bar per task and split is noise
+    try:
+        with tempfile.TemporaryDirectory(prefix="lorabench-eval-") as tmp:
+            folder = lm_eval_task_folder(include_path, Path(tmp) / "tasks", Path(tmp) / "cache")
+            manager = TaskManager(include_path=str(folder), include_defaults=False)
+            scored = {s: _evaluate(model, tasks, manager, *options, s) for s in wanted}
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return scored if splits else scored[split]
+
+
+def _evaluate(
+    model,
+    tasks,
+    manager,
+    lm,
+    limit,
+    limit_seed,
+    primary,
+    num_fewshot,
+    chat_template,
+    progress,
+    split,
+) -> dict:
+    import lm_eval
+
     results, samples = {}, {}
     # One call per task, so that the progress bar can say where evaluation is.
-    for task in tqdm(tasks, desc="evaluate", disable=not progress, dynamic_ncols=True, leave=False):
-        task_limit, subset = _limit_for(manager, task, limit, limit_seed)
+    desc = "evaluate" if split == "test" else f"evaluate ({split})"
+    for task in tqdm(tasks, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        scored = task if split == "test" else _on_split(manager, task, split)
+        task_limit, subset = _limit_for(manager, task, scored, limit, limit_seed)
         with _preserved_state(model):
             output = lm_eval.simple_evaluate(
                 model=lm,
-                tasks=[task],
+                tasks=[scored],
                 task_manager=manager,
                 num_fewshot=num_fewshot,
                 limit=task_limit,
@@ -160,10 +217,12 @@ def seeded_subset(n_docs: int, k: int, seed: int, task: str) -> list[int]:
     return sorted(rng.sample(range(n_docs), min(k, n_docs)))
 
 
-def _limit_for(manager, task: str, limit, limit_seed: int | None):
-    """(lm-eval ``limit``, lm-eval ``samples``) for one task."""
+def _limit_for(manager, task: str, scored, limit, limit_seed: int | None):
+    """(lm-eval ``limit``, lm-eval ``samples``) for one task; ``scored`` is the task name
+    (its test split) or the task object set to another split."""
     n = limit.get(task) if isinstance(limit, Mapping) else limit
     if n is None or limit_seed is None:
         return n, None
-    n_docs = len(manager.load([task])["tasks"][task].eval_docs)
+    built = manager.load([task])["tasks"][task] if isinstance(scored, str) else scored
+    n_docs = len(built.eval_docs)
     return None, {task: seeded_subset(n_docs, n, limit_seed, task)}

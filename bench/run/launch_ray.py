@@ -22,9 +22,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from lorabench.errors import ConfigError
-from lorabench.records import new_record, write_json_atomic
-from lorabench.run.launch_local import SuiteOutcome, finish, prepare, record_path, spawn
+from lorabench.errors import ConfigError, Interrupted
+from lorabench.records import new_record, save_record
+from lorabench.run.launch_local import (
+    RunLock,
+    SuiteOutcome,
+    finish,
+    held_by,
+    interrupted_message,
+    lock_path,
+    prepare,
+    record_path,
+    spawn,
+)
 from lorabench.run.suite import RunSpec, Suite
 
 log = logging.getLogger(__name__)
@@ -55,8 +65,28 @@ def run_suite_ray(
     ray = import_ray()
     out_dir = Path(out_dir).resolve()
     todo, outcome = prepare(runs, out_dir, retry_failed)
+    locks = {}
+    for run in todo:  # the driver holds each run's lock until its record is written
+        lock = RunLock(lock_path(out_dir, run))
+        if lock.acquire():
+            locks[run.run_id] = lock
+        else:
+            held_by(outcome, run, lock.holder())
+    todo = [run for run in todo if run.run_id in locks]
     if not todo:
         return outcome
+    try:
+        return _run_on_ray(
+            ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks
+        )
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(runs, out_dir, outcome, None)) from None
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _run_on_ray(ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks):
     started_here = not ray.is_initialized()
     if started_here:
         log.info("connecting to Ray at %s", address or "a new local instance")
@@ -83,7 +113,8 @@ def run_suite_ray(
                 except ray.exceptions.RayError as exc:  # the task itself died (node lost, ...)
                     record = new_record(run.run_id, run.config, command)
                     record["error"] = f"Ray task failed: {str(exc).strip().splitlines()[0]}"
-                write_json_atomic(record_path(out_dir, run), record)
+                save_record(record_path(out_dir, run), record)
+                locks.pop(run.run_id).release()
                 finish(record, outcome, on_record)
                 bar.update()
     finally:

@@ -4,6 +4,12 @@ A suite names a model, tasks, training data, methods, seeds and an optional para
 budget. ``load_suite`` checks every key and value (one-line errors naming the file, table
 and key) and ``plan`` expands it into one :class:`RunSpec` per (method × seed), resolving
 each method's size knob against the budget — all before any training starts.
+
+A list for a numeric ``[train]`` field (globally, or in a method's ``train = {...}``) is a
+*training grid*, e.g. ``lr = [1e-3, 3e-3, 1e-2]``; several lists combine as a product. A
+grid is not a set of methods to compare but a hyperparameter to select: every point is
+trained on the first seed and scored on the validation split, and the other seeds run at
+the chosen point only (``lorabench.run.protocol``, rule in ``lorabench.selection``).
 """
 
 from __future__ import annotations
@@ -92,6 +98,9 @@ class MethodEntry:
     train: dict = field(default_factory=dict)
     inject_fault: str | None = None  # harness tests only: raise / oom / nan / crash at step 2
     sweep: dict | None = None  # {"group": label, "values": {field: value}} for sweep points
+    train_grid: dict = field(
+        default_factory=dict
+    )  # {train field: [values]}: selected on validation
 
 
 @dataclass
@@ -101,6 +110,7 @@ class Suite:
     train: TrainConfig
     eval: EvalConfig
     methods: list[MethodEntry]
+    train_grid: dict = field(default_factory=dict)  # [train] fields given as lists
 
     @property
     def root(self) -> Path:
@@ -146,19 +156,22 @@ def load_suite(path: str | Path) -> Suite:
         raise ConfigError(
             f"{where}: [suite].dtype: expected float32 or bfloat16, got {settings.dtype!r}"
         )
-    train = _dataclass_from(TrainConfig, raw.get("train", {}), where, "[train]")
+    train_table, train_grid = _split_grid(raw.get("train", {}), where, "[train]")
+    train = _dataclass_from(TrainConfig, train_table, where, "[train]")
     eval_ = _dataclass_from(EvalConfig, raw.get("eval", {}), where, "[eval]")
     entries = raw.get("methods")
     if not entries:
         raise ConfigError(f"{where}: no [[methods]] entries; add at least one method")
-    methods = [m for i, e in enumerate(entries) for m in _method_entries(e, i, where, train)]
+    methods = [
+        m for i, e in enumerate(entries) for m in _method_entries(e, i, where, train, train_grid)
+    ]
     labels = [m.label for m in methods]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
         raise ConfigError(
             f"{where}: duplicate method label(s) {dupes}; give each entry a unique label"
         )
-    return Suite(path, settings, train, eval_, methods)
+    return Suite(path, settings, train, eval_, methods, train_grid)
 
 
 def _check_keys(table: Any, known: set[str], where: str, name: str) -> None:
@@ -184,7 +197,39 @@ def _dataclass_from(cls, table: Any, where: str, name: str):
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _method_entries(entry: Any, index: int, where: str, train: TrainConfig) -> list[MethodEntry]:
+def _split_grid(table: Any, where: str, name: str) -> tuple[Any, dict[str, list]]:
+    """A train table → (its scalar settings, its lists): lists only for numeric fields."""
+    if not isinstance(table, dict):
+        return table, {}  # _dataclass_from says what is wrong
+    hints = typing.get_type_hints(TrainConfig)
+    scalars, grid = {}, {}
+    for key, value in table.items():
+        if not isinstance(value, list) or key not in hints:
+            scalars[key] = value
+            continue
+        if hints[key] not in (int, float):
+            raise ConfigError(
+                f"{where}: {name}.{key}: a list (a grid to select on validation) is allowed "
+                f"for numeric fields only, got {value!r}"
+            )
+        if not value:
+            raise ConfigError(f"{where}: {name}.{key}: a grid needs at least one value")
+        values = [coerce(v, hints[key], f"{where}: {name}.{key}") for v in value]
+        if len(set(values)) < len(values):
+            raise ConfigError(f"{where}: {name}.{key}: the grid repeats a value: {value!r}")
+        grid[key] = values
+    return scalars, grid
+
+
+def grid_points(grid: dict[str, list]) -> list[dict]:
+    """The product of a training grid's lists (``[{}]`` for no grid), in the order given."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+
+
+def _method_entries(
+    entry: Any, index: int, where: str, train: TrainConfig, train_grid: dict[str, list]
+) -> list[MethodEntry]:
     """One [[methods]] table → its entries: one, or one per point of a sweep.
 
     A list value for a config field is a sweep; several lists combine as their product
@@ -209,9 +254,15 @@ def _method_entries(entry: Any, index: int, where: str, train: TrainConfig) -> l
         raise ConfigError(f"{where}: {name}: '{method}' takes no config")
     if not isinstance(config, dict):
         raise ConfigError(f"{where}: {name}.config must be a table")
-    overrides = entry.get("train", {})
+    overrides, own_grid = _split_grid(entry.get("train", {}), where, f"{name}.train")
+    # the method's own settings replace the suite's, lists and scalars alike
+    own = overrides if isinstance(overrides, dict) else {}
+    grid = {k: v for k, v in train_grid.items() if k not in own} | own_grid
+    if method == "base":  # no training: nothing to select
+        grid = {}
     merged = {**dataclasses.asdict(train), **(overrides if isinstance(overrides, dict) else {})}
-    _dataclass_from(TrainConfig, merged, where, f"{name}.train")
+    for point in grid_points(grid):
+        _dataclass_from(TrainConfig, {**merged, **point}, where, f"{name}.train")
     fault = entry.get("inject_fault")
     if fault is not None and fault not in FAULTS:
         raise ConfigError(
@@ -231,7 +282,9 @@ def _method_entries(entry: Any, index: int, where: str, train: TrainConfig) -> l
                 raise ConfigError(f"{where}: {name}: {exc}") from exc
         point_label = label + "".join(f"[{k}={v}]" for k, v in point.items())
         sweep = {"group": label, "values": point} if point else None
-        entries.append(MethodEntry(method, point_label, point_config, overrides, fault, sweep))
+        entries.append(
+            MethodEntry(method, point_label, point_config, overrides, fault, sweep, grid)
+        )
     return entries
 
 
@@ -314,10 +367,13 @@ def plan(
     methods: list[str] | None = None,
     seeds: list[int] | None = None,
     device: str | None = None,
+    trust_suite_code: bool = False,
 ) -> list[RunSpec]:
-    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first."""
+    """Expand ``suite`` into runs (method × seed; ``base`` once), validating everything first
+    (``lorabench.run.checks``; ``trust_suite_code`` allows task configs that run code)."""
     from lorabench.api.inject import parse_targets
     from lorabench.records import config_hash
+    from lorabench.run.checks import check_plan
 
     s = suite.settings
     where = str(suite.path)
@@ -334,8 +390,8 @@ def plan(
         entries = [
             m for m in entries if m.label in methods or (m.name in methods and m.name not in labels)
         ]
-    seeds = list(seeds) if seeds else list(s.seeds)
-    _check_task_source(suite)
+    seeds = list(seeds) if seeds is not None else list(s.seeds)
+    check_plan(suite, entries, seeds, device, trust_suite_code=trust_suite_code)
     try:
         from lorabench.models.zoo import target_shapes
 
@@ -346,6 +402,8 @@ def plan(
         raise ConfigError(
             f"{where}: param_budget needs the config of model '{s.model}', which is not available offline"
         )
+    if any(entry.train_grid for entry in entries):
+        _check_validation_splits(suite, where)
     runs = []
     for entry in entries:
         method_config, budget = {}, None
@@ -373,10 +431,12 @@ def plan(
             if shapes is not None:
                 _validate_on_meta(s.model, entry, cfg, s.targets, where)
             method_config = dataclasses.asdict(cfg)
-        train = dataclasses.asdict(
-            TrainConfig(**{**dataclasses.asdict(suite.train), **entry.train})
-        )
-        for seed in seeds[:1] if entry.name == "base" else seeds:
+        for point, seed in itertools.product(
+            grid_points(entry.train_grid), seeds[:1] if entry.name == "base" else seeds
+        ):
+            train = dataclasses.asdict(
+                TrainConfig(**{**dataclasses.asdict(suite.train), **entry.train, **point})
+            )
             config = {
                 "suite": s.name,
                 "label": entry.label,
@@ -397,11 +457,18 @@ def plan(
                 "inject_fault": entry.inject_fault,
                 # only sweep points carry this key, so other runs keep their config hash
                 **({"sweep": entry.sweep} if entry.sweep else {}),
+                # only training-grid runs: the swept train fields, and the seed choosing a point
+                **(
+                    {"train_sweep": {"fields": sorted(entry.train_grid), "seed": seeds[0]}}
+                    if entry.train_grid
+                    else {}
+                ),
             }
             digest = config_hash(config)[:8]
+            at = "".join(f"-{k}{_number(v)}" for k, v in point.items())
             runs.append(
                 RunSpec(
-                    f"{_slug(entry.label)}-seed{seed}-{digest}",
+                    f"{_slug(entry.label)}{_slug(at)}-seed{seed}-{digest}",
                     entry.label,
                     entry.name,
                     seed,
@@ -420,29 +487,6 @@ def _eval_config(eval_: EvalConfig) -> dict:
     return config
 
 
-def _check_task_source(suite: Suite) -> None:
-    """A built-in task source (``tasks_dir = "commonsense"``) is fetched and converted now,
-    once, so that unknown task names (in ``tasks`` or an ``[eval].limit`` table) are
-    one-line errors before anything runs, ``--dry-run`` included."""
-    from lorabench.tasks import commonsense
-
-    s = suite.settings
-    if not commonsense.is_task_source(s.tasks_dir):
-        return
-    try:
-        tasks = commonsense.resolve_tasks(s.tasks)
-        limit = suite.eval.limit
-        unknown = sorted(set(limit) - set(tasks)) if isinstance(limit, dict) else []
-        if unknown:
-            raise ConfigError(
-                f"[eval].limit names task(s) {', '.join(unknown)} that the suite does not "
-                f"evaluate; its tasks: {', '.join(tasks)}"
-            )
-    except ConfigError as exc:
-        raise ConfigError(f"{suite.path}: {exc}") from exc
-    commonsense.open_commonsense()
-
-
 def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) -> None:
     """Inject into the meta-device model: catches targets that match nothing and shape rules."""
     from lorabench.api.inject import inject
@@ -452,6 +496,35 @@ def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) 
         inject(build_on_meta(resolve_config(model)), entry.name, cfg, targets)
     except LorabenchError as exc:
         raise ConfigError(f"{where}: method '{entry.label}': {exc}") from exc
+
+
+def _check_validation_splits(suite: Suite, where: str) -> None:
+    """A training grid is selected on validation splits: every task must have one."""
+    from lorabench.tasks import commonsense
+    from lorabench.tasks import synthetic as task_data
+
+    s = suite.settings
+    if commonsense.is_task_source(s.tasks_dir):
+        return  # every task of a built-in source has a validation part
+    if s.tasks_dir is None:
+        raise ConfigError(
+            f"{where}: a [train] list is a grid selected on validation splits, which needs "
+            "a tasks_dir with <task>/validation.jsonl; lm-eval's registry tasks have none here"
+        )
+    tasks_dir = suite.root / s.tasks_dir
+    try:
+        tasks = task_data.resolve_tasks(tasks_dir, s.tasks)
+    except LorabenchError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    if not task_data.has_validation(tasks_dir, tasks):
+        raise ConfigError(
+            f"{where}: a [train] list is a grid selected on validation splits, but some task "
+            f"in {tasks_dir} has no validation.jsonl (regenerate: lorabench make-tasks)"
+        )
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _slug(label: str) -> str:

@@ -1,8 +1,11 @@
 """One run, in its own process: load → inject → train → measure → evaluate → record.
 
 Started by `lorabench.run.launch_local` as ``python -m lorabench.run.worker RUN_JSON``; the JSON holds the run's
-full config. Whatever happens, the record is written atomically with its status: ``ok``,
-``failed`` (an exception), ``oom`` (out of memory) or ``nan`` (non-finite loss).
+full config; the worker removes that file once read. Whatever happens, the record is written
+atomically with its status: ``ok``, ``failed`` (an exception), ``oom`` (out of memory) or
+``nan`` (non-finite loss); if the results folder cannot be written, it goes to a fallback
+file (``lorabench.records.save_record`` says where) and the launcher picks it up. Ctrl-C
+(SIGINT) stops the run without a record and exit status 130, so that a rerun does it again.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lorabench.records import new_record, write_json_atomic
+from lorabench.records import new_record, save_record
 
 log = logging.getLogger("lorabench.run.worker")
 
@@ -44,7 +48,7 @@ def execute(job: dict) -> dict:
         if source is not None:
             record["env"]["task_sources"] = {config["tasks_dir"]: source.environment()}
         record["metrics"] = measure_run(
-            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"]
+            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"], env=record["env"]
         )
         record["status"] = "ok"
     except NaNLossError as exc:
@@ -56,25 +60,37 @@ def execute(job: dict) -> dict:
         record["traceback"] = traceback.format_exc(limit=-8)
     record["metrics"]["wall_time_s"] = time.perf_counter() - started
     record["finished_at"] = _now()
-    write_json_atomic(Path(job["record_path"]), record)
+    save_record(Path(job["record_path"]), record)
     return record
 
 
 def measure_run(
-    config: dict, suite_root: Path, out_dir: Path, run_id: str, progress: bool = True
+    config: dict,
+    suite_root: Path,
+    out_dir: Path,
+    run_id: str,
+    progress: bool = True,
+    env: dict | None = None,
 ) -> dict:
-    from lorabench.api.inject import (
-        count_parameters,
-        inject,
-        merge_adapters,
-        save_adapter,
-        unmerge_adapters,
-    )
+    """Load → inject → train → time → evaluate one run; its metrics.
+
+    ``env`` (the record's environment) receives ``base_weights_sha256``, the checksum of
+    the loaded base model taken before anything is injected.
+    """
+    from lorabench.api.inject import count_parameters, inject, save_adapter
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
+    from lorabench.records import is_contended
     from lorabench.run.evaluate import evaluate
-    from lorabench.run.measure import MemoryMeter, forward_latency_ms, latency_batch
+    from lorabench.run.measure import (
+        MemoryMeter,
+        MergeState,
+        adapters_bypassed,
+        interleaved_latency,
+        latency_batch,
+        state_dict_sha256,
+    )
     from lorabench.tasks import synthetic as task_data
     from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
     from lorabench.train import TrainConfig, train
@@ -85,6 +101,8 @@ def measure_run(
         raise RuntimeError("device is cuda, but torch sees no CUDA device")
     torch.manual_seed(seed)
     model, tokenizer = load_pretrained(config["model"], config["dtype"], str(device))
+    if env is not None:
+        env["base_weights_sha256"] = state_dict_sha256(model)
     meter = MemoryMeter(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
@@ -96,8 +114,6 @@ def measure_run(
     }
     _, base_params = count_parameters(model)
     ids = latency_batch(len(tokenizer), ev["latency_batch_size"], ev["latency_seq_len"])
-    with autocast:
-        metrics["latency_ms"] = {"base": forward_latency_ms(model, ids, ev["latency_repeats"])}
     heldout_file = Path(model_path(config["model"], progress=False)) / HELDOUT_FILE
     heldout = heldout_file.read_text().splitlines()[:300] if heldout_file.is_file() else None
     if heldout:
@@ -133,55 +149,81 @@ def measure_run(
         else:
             pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
         examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
-        result = train(
-            model, examples, train_cfg, seed=seed, device=device, pad_id=tokenizer.pad_token_id,
-            desc=f"train {config['label']} s{seed}", fault=config.get("inject_fault"), progress=progress,
-        )  # fmt: skip
+        with meter.phase("train"):
+            result = train(
+                model, examples, train_cfg, seed=seed, device=device,
+                pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
+                fault=config.get("inject_fault"), progress=progress,
+            )  # fmt: skip
         metrics.update(
             train_examples=len(examples),
             train_tokens=result.tokens,
             train_tokens_per_s=result.tokens_per_s,
+            train_tokens_per_s_windows=result.tokens_per_s_windows,
             train_time_s=result.train_time_s,
+            cpu_utilisation=result.cpu_utilisation,
+            cpu_wait_fraction=result.cpu_wait_fraction,
             loss_curve=result.loss_curve,
             aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
             final_loss=result.loss_curve[-1],
         )
-        with autocast:
-            metrics["latency_ms"]["unmerged"] = forward_latency_ms(
-                model, ids, ev["latency_repeats"]
-            )
-            if mergeable:
-                merge_adapters(model)
-                metrics["latency_ms"]["merged"] = forward_latency_ms(
-                    model, ids, ev["latency_repeats"]
-                )
-                unmerge_adapters(model)
-    if heldout:
-        metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        if device.type == "cpu" and result.cpu_utilisation is not None:
+            metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
+
+    # Latency: the base model (adapters bypassed) and each adapted state, interleaved.
+    variants: dict = {
+        "base": (lambda: adapters_bypassed(model)) if method != "base" else nullcontext
+    }
+    merge_state = MergeState(model) if mergeable else None
+    if method != "base":
+        variants["unmerged"] = merge_state.unmerged if merge_state else nullcontext
+    if merge_state:
+        variants["merged"] = merge_state.merged
+    with autocast:
+        try:
+            samples = interleaved_latency(model, ids, ev["latency_repeats"], variants)
+        finally:
+            if merge_state:
+                merge_state.restore()  # exactly the trained weights again, for evaluation
+    metrics["latency_samples_ms"] = samples
+    metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
 
     include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
     if source is not None:
         include = source.include
-    with autocast:
-        metrics["eval"] = evaluate(
-            model, tokenizer, tasks, include_path=include, batch_size=ev["batch_size"],
-            limit=ev["limit"], num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"],
-            progress=progress, limit_seed=ev.get("limit_seed"),
-            primary=source.primary_metrics if source else None,
-        )  # fmt: skip
-    metrics["accuracy"] = metrics["eval"]["macro_avg"]
-    if tasks_dir is not None or source is not None:
-        from lorabench.run.diagnostics import routing_diagnostics
-
-        # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
-        prompts = source.prompts(tasks, 32) if source else {
-            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
-            for t in tasks
-        }  # fmt: skip
+    options = dict(
+        include_path=include, batch_size=ev["batch_size"], limit=ev["limit"],
+        num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"], progress=progress,
+        limit_seed=ev.get("limit_seed"), primary=source.primary_metrics if source else None,
+    )  # fmt: skip
+    with meter.phase("eval"):
+        if heldout:
+            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        if source is not None:  # real benchmarks: score validation only where lr is selected
+            validation = "train_sweep" in config
+        else:
+            validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
+        splits = ("test", "validation") if validation else ("test",)
         with autocast:
-            routing = routing_diagnostics(model, tokenizer, prompts)
-        if routing is not None:
-            metrics["routing"] = routing
+            scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
+        metrics["eval"] = scored["test"]
+        if validation:
+            metrics["validation"] = {
+                k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
+            }
+        metrics["accuracy"] = metrics["eval"]["macro_avg"]
+        if tasks_dir is not None or source is not None:
+            from lorabench.run.diagnostics import routing_diagnostics
+
+            # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
+            prompts = source.prompts(tasks, 32) if source else {
+                t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+                for t in tasks
+            }  # fmt: skip
+            with autocast:
+                routing = routing_diagnostics(model, tokenizer, prompts)
+            if routing is not None:
+                metrics["routing"] = routing
     if method not in ("base", "full"):
         weights = save_adapter(model, out_dir / "adapters" / run_id)
         metrics["adapter_bytes"] = weights.stat().st_size
@@ -208,8 +250,14 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[logging.FileHandler(log_file)] if log_file else None,
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    job = json.loads(Path(argv[0]).read_text())
-    record = execute(job)
+    job_file = Path(argv[0])
+    job = json.loads(job_file.read_text())
+    job_file.unlink(missing_ok=True)  # it holds the full config; nothing else needs it now
+    try:
+        record = execute(job)
+    except KeyboardInterrupt:
+        log.info("%s: interrupted (SIGINT); no record written", job["run_id"])
+        return 130
     return 0 if record["status"] == "ok" else 1
 
 

@@ -6,6 +6,8 @@ Tasks are data. This module only *generates* ``suites/tasks`` (run
     suites/tasks/_default_template_yaml     settings shared by every task (not a task itself)
     suites/tasks/lorabench_tiny.yaml        lm-eval group of all tasks
     suites/tasks/<task>/train.jsonl         rows for the training driver
+    suites/tasks/<task>/validation.jsonl    rows carved out of the training data (never trained
+                                            on): the score that picks hyperparameters
     suites/tasks/<task>/test.jsonl          held-out rows, evaluated by lm-eval
     suites/tasks/<task>/<task>.yaml         the lm-eval task
 
@@ -21,7 +23,9 @@ Every row has ``prompt`` and ``answer``; multiple-choice rows add ``choices`` an
 * multiple choice: lm-eval scores ``prompt`` + ``" " + choice`` for each choice (its
   ``target_delimiter`` is ``" "``) and picks the most likely (metric key ``acc,none``).
 
-Data paths are relative to each YAML and resolved by ``lm_eval_dataset`` (see there).
+The task configs are pure data (no ``!function``): ``dataset_path: json`` with ``data_files``
+relative to each task YAML, which lorabench's evaluator hands to lm-eval as absolute paths
+(see :mod:`lorabench.tasks.lm_eval_yaml`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any
 from lorabench.errors import ConfigError
 
 Row = dict[str, Any]
-Splits = tuple[list[Row], list[Row]]  # (train, test)
+Splits = tuple[list[Row], list[Row], list[Row]]  # (train, validation, test)
 
 ANSWER_PREFIX = " "  # lm-eval's target_delimiter: between prompt and answer
 ANSWER_END = "\n"  # lm-eval's `until`: ends every answer
@@ -45,16 +49,23 @@ GROUP_NAME = "lorabench_tiny"
 GENERATION_METRIC = "exact_match,strip"  # "<metric>,<filter name>" in lm-eval results
 CHOICE_METRIC = "acc,none"
 TEMPLATE_FILE = "_default_template_yaml"  # no .yaml suffix: lm-eval does not index it as a task
+VALIDATION_SPLIT = "validation"  # <task>/validation.jsonl: picks hyperparameters (lr)
 
-# family -> (n_train, n_test). The one place to change sizes. Tasks of one family share it.
+# family -> (n_train, n_validation, n_test). The one place to change sizes. Tasks of one
+# family share it. The validation rows are carved out of a training pool of n_train +
+# n_validation rows (drawn last from the family's seeded stream, so train and test rows are
+# those of the two-split generator); they are never trained on and disjoint from test.
 # Calibrated so that, at suites/tiny's budget, the 0.9 M-parameter base model is near chance
 # and adapted models land in between (see the calibration note in docs/suites.md).
-SPLIT_SIZES: dict[str, tuple[int, int]] = {
-    "kv_memory": (64, 64),  # n_train = number of pairs (each KV_REPEATS times); test = all keys
-    "list_ops": (600, 100),  # per task; the same input lists under every list task
-    "arithmetic": (300, 100),  # of the 400 sums a + b with a, b < 20
-    "word_swap": (600, 100),
-    "sentiment": (600, 100),
+SPLIT_SIZES: dict[str, tuple[int, int, int]] = {
+    # n_train = number of pairs (each KV_REPEATS times); test = all keys. Validation: further
+    # pairs that are never trained on, so its score is at chance by construction (a
+    # memorisation task cannot be validated on unseen pairs); kept so every task has one.
+    "kv_memory": (64, 32, 64),
+    "list_ops": (500, 100, 100),  # per task; the same input lists under every list task
+    "arithmetic": (240, 60, 100),  # of the 400 sums a + b with a, b < 20
+    "word_swap": (500, 100, 100),
+    "sentiment": (500, 100, 100),
 }
 N_CHOICES = 4  # multiple choice: the answer and three plausible wrong ones (chance 1/4)
 KV_REPEATS = 8  # memorisation needs several passes over each pair
@@ -101,6 +112,15 @@ def _with_choices(row: Row, wrong: Sequence[str], rng: random.Random) -> Row:
     return {**row, "choices": choices, "label": choices.index(row["answer"])}
 
 
+def _carve(rows: list[Row], count: int, rng: random.Random) -> tuple[list[Row], list[Row]]:
+    """``(kept, carved)``: ``count`` of ``rows`` drawn by ``rng``; both keep the rows' order."""
+    picked = set(rng.sample(range(len(rows)), count))
+    return (
+        [row for i, row in enumerate(rows) if i not in picked],
+        [row for i, row in enumerate(rows) if i in picked],
+    )
+
+
 def _unique(draw: Callable[[], Any], count: int, reject: Callable[[Any], bool] = lambda _: False):
     """``count`` distinct values of ``draw()`` in drawing order, skipping ``reject``-ed ones."""
     seen: dict[Any, None] = {}
@@ -111,19 +131,24 @@ def _unique(draw: Callable[[], Any], count: int, reject: Callable[[Any], bool] =
     return list(seen)
 
 
-# --- the families: each builder returns {task name: (train rows, test rows)} -------------------
+# --- the families: each builder returns {task name: (train, validation, test rows)} ----------
 
 
-def kv_memory(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+def kv_memory(rng: random.Random, n_train: int, n_val: int, n_test: int) -> dict[str, Splits]:
     """Key→value memorisation with random 3-character IDs: a capacity test (MoRA's claim).
 
     Memorisation is the point, so the test split queries keys that ARE in the train split
     (a random subset of them); nothing about a value can be inferred from its key. Each
-    pair appears ``KV_REPEATS`` times in train.
+    pair appears ``KV_REPEATS`` times in train. The validation split holds further pairs,
+    never trained on (so disjoint from train and test): chance level by construction.
     """
     alphabet = string.ascii_lowercase + string.digits
-    keys = _unique(lambda: "".join(rng.choices(alphabet, k=3)), n_train)
-    values = _unique(lambda: "".join(rng.choices(alphabet, k=3)), n_train)
+
+    def draw() -> str:
+        return "".join(rng.choices(alphabet, k=3))
+
+    keys = _unique(draw, n_train)
+    values = _unique(draw, n_train)
     rows = []
     for i, key in enumerate(keys):  # the wrong choices are other keys' values
         others = rng.sample(values[:i] + values[i + 1 :], N_CHOICES - 1)
@@ -131,15 +156,23 @@ def kv_memory(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits
     test = rng.sample(rows, n_test)
     train = rows * KV_REPEATS
     rng.shuffle(train)
-    return {"kv_memory": (train, test)}
+    taken = set(keys)
+    val_keys = _unique(draw, n_val, lambda key: key in taken)
+    val_values = [draw() for _ in val_keys]
+    validation = []
+    for key, value in zip(val_keys, val_values, strict=True):
+        others = rng.sample([v for v in values + val_values if v != value], N_CHOICES - 1)
+        validation.append(_with_choices(_row("lookup", key, value), others, rng))
+    return {"kv_memory": (train, validation, test)}
 
 
-def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+def list_ops(rng: random.Random, n_train: int, n_val: int, n_test: int) -> dict[str, Splits]:
     """Several tasks, ONE input format: ``<op>: <letters> =``; only the tag word says what to do.
 
     The multi-task setting that MoR and MoE-LoRA target. Every task sees the same input
-    lists (train inputs, and disjoint test inputs), and each input's outputs under the
-    different ops all differ from each other and from the input, so the tag must be read.
+    lists (train inputs, and disjoint validation and test inputs), and each input's outputs
+    under the different ops all differ from each other and from the input, so the tag must
+    be read.
     """
 
     def draw() -> tuple[str, ...]:
@@ -149,8 +182,8 @@ def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]
         outputs = {tuple(op(list(items))) for op in LIST_OPS.values()} | {items}
         return len(outputs) < len(LIST_OPS) + 1
 
-    inputs = _unique(draw, n_train + n_test, ambiguous)
-    train_inputs, test_inputs = inputs[:n_train], inputs[n_train:]
+    inputs = _unique(draw, n_train + n_val + n_test, ambiguous)
+    pool, test_inputs = inputs[: n_train + n_val], inputs[n_train + n_val :]
 
     def candidates(items: tuple[str, ...]) -> list[str]:
         # the same four candidates under every tag: only the tag tells which is right
@@ -159,6 +192,7 @@ def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]
         return outs
 
     shared = {items: candidates(items) for items in inputs}
+    train_inputs, val_inputs = _carve(pool, n_val, rng)  # the same inputs under every op
 
     def rows(op: str, batch: list[tuple[str, ...]]) -> list[Row]:
         out = []
@@ -168,19 +202,24 @@ def list_ops(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]
             out.append({**row, "choices": shared[items], "label": shared[items].index(answer)})
         return out
 
-    return {f"list_{op}": (rows(op, train_inputs), rows(op, test_inputs)) for op in LIST_OPS}
+    return {
+        f"list_{op}": (rows(op, train_inputs), rows(op, val_inputs), rows(op, test_inputs))
+        for op in LIST_OPS
+    }
 
 
-def arithmetic(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+def arithmetic(rng: random.Random, n_train: int, n_val: int, n_test: int) -> dict[str, Splits]:
     """Addition of two numbers below 20; the test sums are not in train (generalisation)."""
-    problems = _unique(lambda: (rng.randint(0, 19), rng.randint(0, 19)), n_train + n_test)
+    pool = n_train + n_val
+    problems = _unique(lambda: (rng.randint(0, 19), rng.randint(0, 19)), pool + n_test)
     rows = []
     for a, b in problems:
         total = a + b
         near = [t for t in (total - 2, total - 1, total + 1, total + 2, total + 10) if t >= 0]
         wrong = [str(t) for t in rng.sample(near, N_CHOICES - 1)]
         rows.append(_with_choices(_row("math", f"{a} + {b}", str(total)), wrong, rng))
-    return {"arithmetic": (rows[:n_train], rows[n_train:])}
+    train, validation = _carve(rows[:pool], n_val, rng)
+    return {"arithmetic": (train, validation, rows[pool:])}
 
 
 SWAP_WORDS = (
@@ -189,27 +228,29 @@ SWAP_WORDS = (
 ).split()
 
 
-def word_swap(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+def word_swap(rng: random.Random, n_train: int, n_val: int, n_test: int) -> dict[str, Splits]:
     """A string transform on whole words: swap the first and last of three; test triples are new.
 
     Character-level transforms (spelling a word backwards) are out of reach for a small
     BPE model whose tokens hide their letters; a word-level transform is not.
     """
-    triples = _unique(lambda: tuple(rng.sample(SWAP_WORDS, 3)), n_train + n_test)
+    pool = n_train + n_val
+    triples = _unique(lambda: tuple(rng.sample(SWAP_WORDS, 3)), pool + n_test)
     rows = []
     for a, b, c in triples:
         wrong = [f"{a} {b} {c}", f"{b} {c} {a}", f"{c} {a} {b}"]  # unchanged, and the rotations
         rows.append(_with_choices(_row("swap", f"{a} {b} {c}", f"{c} {b} {a}"), wrong, rng))
-    return {"word_swap": (rows[:n_train], rows[n_train:])}
+    train, validation = _carve(rows[:pool], n_val, rng)
+    return {"word_swap": (train, validation, rows[pool:])}
 
 
-def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits]:
+def sentiment(rng: random.Random, n_train: int, n_val: int, n_test: int) -> dict[str, Splits]:
     """Multiple choice: is a short review negative or positive? Chance is 1/2.
 
     A clause is ``the <thing> was [not] [very] <adjective>``; ``not`` flips it. A review is
     one clause, two of the same polarity joined by ``and``, or two opposite ones joined by
-    ``but``, where the clause after ``but`` decides. Labels are balanced; test reviews are
-    not in train.
+    ``but``, where the clause after ``but`` decides. Labels are balanced in every split;
+    validation and test reviews are not in train.
     """
 
     def clause(positive: bool) -> str:
@@ -232,7 +273,7 @@ def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits
     train: list[Row] = []
     test: list[Row] = []
     for label, answer in enumerate(SENTIMENT_CHOICES):  # each split is half and half
-        n_label_train, n_label_test = (n_train + label) // 2, (n_test + label) // 2
+        n_label_train, n_label_test = (n_train + n_val + label) // 2, (n_test + label) // 2
         texts = _unique(draw(label), n_label_train + n_label_test)
         rows = [
             {**_row("review", text, answer), "choices": SENTIMENT_CHOICES, "label": label}
@@ -242,10 +283,16 @@ def sentiment(rng: random.Random, n_train: int, n_test: int) -> dict[str, Splits
         test += rows[n_label_train:]
     rng.shuffle(train)
     rng.shuffle(test)
-    return {"sentiment": (train, test)}
+    picked = set()
+    for label in range(len(SENTIMENT_CHOICES)):  # half and half again
+        of_label = [i for i, row in enumerate(train) if row["label"] == label]
+        picked |= set(rng.sample(of_label, (n_val + label) // 2))
+    validation = [row for i, row in enumerate(train) if i in picked]
+    train = [row for i, row in enumerate(train) if i not in picked]
+    return {"sentiment": (train, validation, test)}
 
 
-FAMILIES: dict[str, Callable[[random.Random, int, int], dict[str, Splits]]] = {
+FAMILIES: dict[str, Callable[[random.Random, int, int, int], dict[str, Splits]]] = {
     "kv_memory": kv_memory,
     "list_ops": list_ops,
     "arithmetic": arithmetic,
@@ -255,9 +302,9 @@ FAMILIES: dict[str, Callable[[random.Random, int, int], dict[str, Splits]]] = {
 
 
 def generate_tasks(
-    seed: int = 0, sizes: Mapping[str, tuple[int, int]] = SPLIT_SIZES
+    seed: int = 0, sizes: Mapping[str, tuple[int, int, int]] = SPLIT_SIZES
 ) -> dict[str, Splits]:
-    """Every task's ``(train, test)`` rows; the same for the same seed and sizes, anywhere.
+    """Every task's ``(train, validation, test)`` rows; the same for the same seed and sizes.
 
     Each family draws from its own random stream, so resizing one family changes no other.
     """
@@ -274,19 +321,19 @@ def generate_tasks(
 
 
 def write_tasks(
-    out_dir: str | Path, seed: int = 0, sizes: Mapping[str, tuple[int, int]] = SPLIT_SIZES
+    out_dir: str | Path, seed: int = 0, sizes: Mapping[str, tuple[int, int, int]] = SPLIT_SIZES
 ) -> list[str]:
     """(Re)write the task files under ``out_dir`` byte-for-byte deterministically; the task names."""
     out = Path(out_dir)
     tasks = generate_tasks(seed, sizes)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / TEMPLATE_FILE, _template_yaml())
-    for task, (train, test) in tasks.items():
+    for task, (train, validation, test) in tasks.items():
         folder = out / task
         folder.mkdir(exist_ok=True)
-        _write_text(folder / "train.jsonl", "".join(json.dumps(row) + "\n" for row in train))
-        _write_text(folder / "test.jsonl", "".join(json.dumps(row) + "\n" for row in test))
-        _write_text(folder / f"{task}.yaml", _task_yaml(task, train + test, seed))
+        for split, rows in (("train", train), (VALIDATION_SPLIT, validation), ("test", test)):
+            _write_text(folder / f"{split}.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+        _write_text(folder / f"{task}.yaml", _task_yaml(task, train + validation + test, seed))
     group = {"group": GROUP_NAME, "task": list(tasks), "metadata": {"version": 1.0}}
     _write_text(out / f"{GROUP_NAME}.yaml", _HEADER + _yaml(group))
     return list(tasks)
@@ -297,11 +344,11 @@ def _write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-_HEADER = "# Generated by `lorabench make-tasks`; edit bench/tasks.py, not this file.\n"
+_HEADER = "# Generated by `lorabench make-tasks`; edit bench/tasks/synthetic.py, not this file.\n"
 
 
 class _Tagged(str):
-    """A YAML scalar written as is, e.g. ``!function lorabench.tasks.synthetic.lm_eval_dataset``."""
+    """A YAML scalar written as is, e.g. a tag (the shipped tasks use none: they are pure data)."""
 
 
 def _yaml(mapping: Mapping[str, Any], indent: int = 0) -> str:
@@ -318,14 +365,20 @@ def _yaml(mapping: Mapping[str, Any], indent: int = 0) -> str:
 
 def _template_yaml() -> str:
     shared = {
-        "custom_dataset": _Tagged("!function lorabench.tasks.synthetic.lm_eval_dataset"),
+        "dataset_path": "json",  # datasets' json builder over each task's data_files
         "test_split": "test",
         "fewshot_split": "train",  # only used if someone asks for few-shot (e.g. a base model)
         "num_fewshot": 0,
         "target_delimiter": ANSWER_PREFIX,
         "fewshot_delimiter": ANSWER_END,  # a few-shot example then reads exactly like a train row
     }
-    return _HEADER + "# Settings that every task YAML includes.\n" + _yaml(shared)
+    return (
+        _HEADER
+        + "# Settings that every task YAML includes. Pure data, no code tags. Each task's\n"
+        + "# data_files are relative to its YAML; lorabench passes them to lm-eval as absolute\n"
+        + "# paths (lorabench.tasks.lm_eval_yaml), as lm-eval alone resolves them against the cwd.\n"
+        + _yaml(shared)
+    )
 
 
 _MEAN = {"aggregation": "mean", "higher_is_better": True}
@@ -336,7 +389,13 @@ def _task_yaml(task: str, rows: Sequence[Row], seed: int) -> str:
     config: dict[str, Any] = {
         "include": f"../{TEMPLATE_FILE}",
         "task": task,
-        "dataset_kwargs": {"data_files": {"train": "train.jsonl", "test": "test.jsonl"}},
+        "dataset_kwargs": {
+            "data_files": {
+                "train": "train.jsonl",
+                VALIDATION_SPLIT: f"{VALIDATION_SPLIT}.jsonl",  # scored by lorabench, not lm-eval
+                "test": "test.jsonl",
+            }
+        },
         "doc_to_text": "{{prompt}}",
     }
     if "choices" in rows[0]:
@@ -397,8 +456,8 @@ def resolve_tasks(tasks_dir: str | Path, tasks: str | Sequence[str]) -> list[str
 def prepare_task_folder(tasks_dir: str | Path) -> Path:
     """The folder to give lm-eval (``TaskManager(include_path=...)``) for ``tasks_dir``.
 
-    The YAMLs find their JSONL relative to themselves (see ``lm_eval_dataset``), so no copy
-    with absolute paths is needed: this checks the folder and returns its absolute path.
+    This checks the folder and returns its absolute path; the evaluator gives lm-eval a copy
+    of its YAMLs with absolute data paths (``lorabench.tasks.lm_eval_yaml``).
     """
     folder = Path(tasks_dir).resolve()
     if not (folder / TEMPLATE_FILE).is_file():
@@ -407,8 +466,13 @@ def prepare_task_folder(tasks_dir: str | Path) -> Path:
 
 
 def load_split(tasks_dir: str | Path, task: str, split: str) -> list[Row]:
-    """The rows of ``<tasks_dir>/<task>/<split>.jsonl`` (``split`` is ``train`` or ``test``)."""
+    """The rows of ``<tasks_dir>/<task>/<split>.jsonl`` (``train``, ``validation`` or ``test``)."""
     return _read_jsonl(Path(tasks_dir) / task / f"{split}.jsonl")
+
+
+def has_validation(tasks_dir: str | Path, tasks: Sequence[str]) -> bool:
+    """Whether every one of ``tasks`` has a validation split (``<task>/validation.jsonl``)."""
+    return all((Path(tasks_dir) / task / f"{VALIDATION_SPLIT}.jsonl").is_file() for task in tasks)
 
 
 def primary_metric(tasks_dir: str | Path, task: str) -> str:
@@ -423,26 +487,3 @@ def primary_metric(tasks_dir: str | Path, task: str) -> str:
 def _read_jsonl(path: Path) -> list[Row]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def lm_eval_dataset(data_files: Mapping[str, str], config_source: str = "inline", **_: Any):
-    """lm-eval's ``custom_dataset`` hook: a ``DatasetDict`` of the JSONL splits, read in memory.
-
-    lm-eval calls it with the task's ``dataset_kwargs`` and ``metadata``; the latter carries
-    ``config_source``, the task YAML's path, against which relative ``data_files`` resolve.
-    So nothing committed holds an absolute path, the cwd does not matter, and no ``datasets``
-    cache is written (the ``json`` builder would resolve relative paths against the cwd and
-    cache by path and mtime, serving stale rows). lm-eval imports ``lorabench.tasks.synthetic`` to find it.
-    """
-    import datasets  # lm-eval's own dependency; the generator above needs only the stdlib
-
-    base = Path(config_source).parent
-    splits = {}
-    for split, name in data_files.items():
-        path = Path(name)
-        if not path.is_absolute():
-            if config_source == "inline":
-                raise ValueError(f"relative data file {name!r} in a task config without a YAML")
-            path = base / path
-        splits[split] = datasets.Dataset.from_list(_read_jsonl(path))
-    return datasets.DatasetDict(splits)
