@@ -57,11 +57,16 @@ def check_plan(
     else:
         check_device(s.device, f"{where}: [suite].device")
     check_model(s.model, where)
-    tasks, tasks_dir = check_tasks(suite, trust_suite_code)
-    if tasks_dir is None and s.train_data == "tasks" and is_task_source(s.tasks_dir):
-        sizes = open_task_source().environment()["tasks"]
-        rows = sum(sizes[task]["train"] for task in tasks)
+    if is_task_source(s.tasks_dir):
+        tasks, source = check_task_source(suite)
+        rows = None
+        if source is not None and s.train_data == "tasks":
+            sizes = source.environment()["tasks"]
+            rows = sum(sizes[task]["train"] for task in tasks)
+        elif s.train_data != "tasks":
+            rows = training_rows(s.train_data, tasks, None, where)
     else:
+        tasks, tasks_dir = check_tasks(suite, trust_suite_code)
         rows = training_rows(s.train_data, tasks, tasks_dir, where)
     if rows is None:
         return
@@ -146,8 +151,6 @@ def check_tasks(suite: Suite, trust_suite_code: bool) -> tuple[list[str], Path |
             )
         check_registry_tasks(names, where)
         return names, None
-    if is_task_source(s.tasks_dir):
-        return check_task_source(suite), None
     from lorabench.tasks.lm_eval_yaml import suite_code
     from lorabench.tasks.synthetic import prepare_task_folder, resolve_tasks
 
@@ -176,15 +179,10 @@ def is_task_source(tasks_dir: str | None) -> bool:
     return commonsense.is_task_source(tasks_dir)
 
 
-def open_task_source():
-    from lorabench.tasks import commonsense
-
-    return commonsense.open_commonsense()
-
-
-def check_task_source(suite: Suite) -> list[str]:
-    """The task names of a built-in task source, after fetching and converting it (once), so
-    that unknown names in ``tasks`` or an ``[eval].limit`` table fail before anything runs."""
+def check_task_source(suite: Suite) -> tuple[list[str], Any]:
+    """The task names of a built-in task source and the source, fetched and converted (once)
+    after the names are checked, so that unknown names in ``tasks`` or an ``[eval].limit``
+    table fail before anything is fetched or runs."""
     from lorabench.tasks import commonsense
 
     where = str(suite.path)
@@ -199,8 +197,7 @@ def check_task_source(suite: Suite) -> list[str]:
             f"{where}: [eval].limit names task(s) {', '.join(unknown)} that the suite does not "
             f"evaluate; its tasks: {', '.join(tasks)}"
         )
-    open_task_source()
-    return tasks
+    return tasks, commonsense.open_commonsense()
 
 
 def check_registry_tasks(names: list[str], where: str) -> None:
