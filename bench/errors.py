@@ -32,6 +32,10 @@ class ModelSourceError(LorabenchError, RuntimeError):
     """A built-in model could not be fetched, verified, converted or built."""
 
 
+class TaskSourceError(LorabenchError, RuntimeError):
+    """A built-in task source (``commonsense``) could not be fetched, verified or converted."""
+
+
 class OutputError(LorabenchError, OSError):
     """An output folder (``--out``) cannot be created or written."""
 

@@ -69,6 +69,12 @@ def test_wheel_contains_only_lorabench(tmp_path):
     assert "lorabench/api/__init__.py" in names
     assert "lorabench/schema/record.schema.json" in names
     assert "lorabench/report/claims.toml" in names and "lorabench/perf/targets.toml" in names
+    templates = {n for n in names if n.startswith("lorabench/tasks/templates/")}
+    assert templates == {
+        f"lorabench/tasks/templates/cs_{t}.yaml"
+        for t in ("boolq", "piqa", "siqa", "hellaswag", "winogrande", "arc_easy",
+                  "arc_challenge", "openbookqa")
+    }  # fmt: skip
     entry_points = (
         zipfile.ZipFile(wheel)
         .read(next(n for n in names if n.endswith("entry_points.txt")))

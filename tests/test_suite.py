@@ -177,11 +177,26 @@ def test_plan_expands_methods_and_seeds_with_stable_ids():
         plan(suite, methods=["vera"])
 
 
+NEEDS_TASK_SOURCE = [  # planning fetches and converts the built-in task source `commonsense`
+    pytest.param(name, marks=[pytest.mark.network, pytest.mark.slow])
+    for name in ("commonsense", "commonsense-smollm2")
+]
+
+
 @pytest.mark.parametrize(
     "name",
-    ["smoke", "tiny", "mor-paper", "commonsense", "mor-ablation-tiny", "mor-ablation", "smollm2"],
+    [
+        "smoke",
+        "tiny",
+        "mor-paper",
+        "mor-ablation-tiny",
+        "mor-ablation",
+        "smollm2",
+        *NEEDS_TASK_SOURCE,
+    ],
 )
-def test_shipped_suites_parse_and_plan(name):
+def test_shipped_suites_parse_and_plan(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("LORABENCH_CACHE", str(tmp_path))  # never the user's cache
     suite = load_suite(SUITES / f"{name}.toml")
     no_cuda = suite.settings.device == "cuda" and not torch.cuda.is_available()
     runs = plan(suite, device="cpu" if no_cuda else None)  # without CUDA, cuda is refused

@@ -29,8 +29,16 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lorabench"
 
 
-def build_once(folder: Path, marker: str, build: Callable[[Path], object], what: str) -> Path:
-    """``folder``, calling ``build(tmp_folder)`` first unless ``folder/marker`` exists."""
+def build_once(
+    folder: Path,
+    marker: str,
+    build: Callable[[Path], object],
+    what: str,
+    error: type[LorabenchError] = ModelSourceError,
+) -> Path:
+    """``folder``, calling ``build(tmp_folder)`` first unless ``folder/marker`` exists.
+
+    Any failure that is not already a :class:`LorabenchError` becomes one ``error`` line."""
     if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -45,12 +53,12 @@ def build_once(folder: Path, marker: str, build: Callable[[Path], object], what:
             except LorabenchError:
                 raise
             except Exception as exc:  # one line for the user; the cause stays chained
-                raise ModelSourceError(
+                raise error(
                     f"building {what} failed ({type(exc).__name__}: {exc}); nothing was kept, "
                     "the next run starts over"
                 ) from exc
             if not (tmp / marker).is_file():
-                raise ModelSourceError(f"building {what} wrote no {marker}")
+                raise error(f"building {what} wrote no {marker}")
             if folder.exists():  # a leftover without the marker
                 shutil.rmtree(folder)
             os.replace(tmp, folder)  # atomic: the folder is complete or absent

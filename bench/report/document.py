@@ -18,6 +18,7 @@ from lorabench.report.ablations import ablations_section
 from lorabench.report.claims import claims_section
 from lorabench.report.data import ReportData, load_records
 from lorabench.report.plots import write_plots
+from lorabench.report.protocol import protocol_section
 from lorabench.report.sweeps import sweep_section
 
 #: report.md, top to bottom: each section maps the report data to markdown lines
@@ -25,6 +26,7 @@ SECTIONS = (
     sections.intro,
     sections.summary,
     sections.per_task,
+    protocol_section,
     sweep_section,
     sections.routing,
     sections.setup,

@@ -8,7 +8,8 @@ is a one-line :class:`~lorabench.errors.ConfigError` naming the suite file:
 - the model: a local model folder that does not exist (a name that is no built-in, no
   existing path and no hub id ``name`` / ``org/name``);
 - tasks: a ``tasks_dir`` that is missing or no lorabench tasks folder, task names it does not
-  hold, and, without ``tasks_dir``, names that are not in lm-eval's registry (checked with
+  hold; a built-in task source (``tasks_dir = "commonsense"``) is fetched and converted
+  (once) so that its task names and an ``[eval].limit`` table are checked too; and, without ``tasks_dir``, names that are not in lm-eval's registry (checked with
   lm-eval's ``TaskManager``; its name list is cached per lm-eval version);
 - training data: ``train_data = "tasks"`` without a ``tasks_dir``, a missing JSONL file, and
   a ``batch_size`` larger than the training data;
@@ -56,8 +57,17 @@ def check_plan(
     else:
         check_device(s.device, f"{where}: [suite].device")
     check_model(s.model, where)
-    tasks, tasks_dir = check_tasks(suite, trust_suite_code)
-    rows = training_rows(s.train_data, tasks, tasks_dir, where)
+    if is_task_source(s.tasks_dir):
+        tasks, source = check_task_source(suite)
+        rows = None
+        if source is not None and s.train_data == "tasks":
+            sizes = source.environment()["tasks"]
+            rows = sum(sizes[task]["train"] for task in tasks)
+        elif s.train_data != "tasks":
+            rows = training_rows(s.train_data, tasks, None, where)
+    else:
+        tasks, tasks_dir = check_tasks(suite, trust_suite_code)
+        rows = training_rows(s.train_data, tasks, tasks_dir, where)
     if rows is None:
         return
     for entry in entries:
@@ -161,6 +171,33 @@ def check_tasks(suite: Suite, trust_suite_code: bool) -> tuple[list[str], Path |
                 "it. Pass --trust-suite-code only if you trust this suite"
             )
     return names, folder
+
+
+def is_task_source(tasks_dir: str | None) -> bool:
+    from lorabench.tasks import commonsense
+
+    return commonsense.is_task_source(tasks_dir)
+
+
+def check_task_source(suite: Suite) -> tuple[list[str], Any]:
+    """The task names of a built-in task source and the source, fetched and converted (once)
+    after the names are checked, so that unknown names in ``tasks`` or an ``[eval].limit``
+    table fail before anything is fetched or runs."""
+    from lorabench.tasks import commonsense
+
+    where = str(suite.path)
+    try:
+        tasks = commonsense.resolve_tasks(suite.settings.tasks)
+    except LorabenchError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    limit = suite.eval.limit
+    unknown = sorted(set(limit) - set(tasks)) if isinstance(limit, dict) else []
+    if unknown:
+        raise ConfigError(
+            f"{where}: [eval].limit names task(s) {', '.join(unknown)} that the suite does not "
+            f"evaluate; its tasks: {', '.join(tasks)}"
+        )
+    return tasks, commonsense.open_commonsense()
 
 
 def check_registry_tasks(names: list[str], where: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,20 +89,27 @@ def evaluate(
     *,
     include_path: str | Path | None,
     batch_size: int = 32,
-    limit: int | None = None,
+    limit: int | Mapping[str, int] | None = None,
     num_fewshot: int = 0,
     chat_template: bool = False,
     progress: bool = True,
+    limit_seed: int | None = None,
+    primary: Mapping[str, str] | None = None,
     split: str = "test",
     splits: tuple[str, ...] | None = None,
 ) -> dict:
     """Accuracy per task, macro average, and per-example correctness (by doc id).
 
     ``include_path``: folder of our task YAMLs; None uses lm-eval's registry (standard
-    benchmarks, which need hub access for their data). ``split``: the data split scored
-    (``test``, the task's own; or e.g. ``validation``, a split its data files also name).
-    ``splits``: several splits scored in one go, sharing the task folder, its data cache
-    and the model wrapper; the result is then ``{split: result}``.
+    benchmarks, which need hub access for their data). ``limit``: items per task, one
+    number or ``{task: n}`` (tasks not named: all items); lm-eval's first ``n`` unless
+    ``limit_seed`` is set, then a seeded random subset (:func:`seeded_subset`), the same
+    for every method and seed; it applies to every split scored. ``primary``:
+    ``{task: metric}`` to rank a task on (e.g. ``acc_norm``) instead of the first of
+    :data:`PRIMARY_METRICS` it reports. ``split``: the data split scored (``test``, the
+    task's own; or e.g. ``validation``, a split its data files also name). ``splits``:
+    several splits scored in one go, sharing the task folder, its data cache and the model
+    wrapper; the result is then ``{split: result}``.
     """
     from lm_eval.tasks import TaskManager
 
@@ -110,7 +118,7 @@ def evaluate(
     _quiet_lm_eval()
     wanted = tuple(splits) if splits else (split,)
     lm = _quiet_hflm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    options = (lm, limit, num_fewshot, chat_template, progress)
+    options = (lm, limit, limit_seed, primary, num_fewshot, chat_template, progress)
     if include_path is None:
         manager = TaskManager()
         scored = {s: _evaluate(model, tasks, manager, *options, s) for s in wanted}
@@ -131,7 +139,17 @@ def evaluate(
 
 
 def _evaluate(
-    model, tasks, manager, lm, limit, num_fewshot, chat_template, progress, split
+    model,
+    tasks,
+    manager,
+    lm,
+    limit,
+    limit_seed,
+    primary,
+    num_fewshot,
+    chat_template,
+    progress,
+    split,
 ) -> dict:
     import lm_eval
 
@@ -139,13 +157,16 @@ def _evaluate(
     # One call per task, so that the progress bar can say where evaluation is.
     desc = "evaluate" if split == "test" else f"evaluate ({split})"
     for task in tqdm(tasks, desc=desc, disable=not progress, dynamic_ncols=True, leave=False):
+        scored = task if split == "test" else _on_split(manager, task, split)
+        task_limit, subset = _limit_for(manager, task, scored, limit, limit_seed)
         with _preserved_state(model):
             output = lm_eval.simple_evaluate(
                 model=lm,
-                tasks=[task if split == "test" else _on_split(manager, task, split)],
+                tasks=[scored],
                 task_manager=manager,
                 num_fewshot=num_fewshot,
-                limit=limit,
+                limit=task_limit,
+                samples=subset,
                 log_samples=True,
                 bootstrap_iters=0,
                 apply_chat_template=chat_template,
@@ -161,10 +182,12 @@ def _evaluate(
         task_samples = samples.get(task)
         if not task_samples:
             continue  # a group row: its subtasks are reported one by one
+        preferred = ((primary or {}).get(task), *PRIMARY_METRICS)
         key = next(
             (
                 k
-                for m in PRIMARY_METRICS
+                for m in preferred
+                if m
                 for k in result
                 if k.startswith(m + ",") and "stderr" not in k
             ),
@@ -184,3 +207,22 @@ def _evaluate(
         "metric": metric_names,
         "per_example": per_example,
     }
+
+
+def seeded_subset(n_docs: int, k: int, seed: int, task: str) -> list[int]:
+    """``k`` of the ``n_docs`` evaluation items of ``task`` (sorted doc indices), drawn with
+    ``random.Random(f"lorabench-eval:{seed}:{task}")``: the same set for every method, seed
+    and machine."""
+    rng = random.Random(f"lorabench-eval:{seed}:{task}")
+    return sorted(rng.sample(range(n_docs), min(k, n_docs)))
+
+
+def _limit_for(manager, task: str, scored, limit, limit_seed: int | None):
+    """(lm-eval ``limit``, lm-eval ``samples``) for one task; ``scored`` is the task name
+    (its test split) or the task object set to another split."""
+    n = limit.get(task) if isinstance(limit, Mapping) else limit
+    if n is None or limit_seed is None:
+        return n, None
+    built = manager.load([task])["tasks"][task] if isinstance(scored, str) else scored
+    n_docs = len(built.eval_docs)
+    return None, {task: seeded_subset(n_docs, n, limit_seed, task)}

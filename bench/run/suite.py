@@ -34,7 +34,12 @@ FAULTS = ("raise", "oom", "nan", "crash")
 @dataclass
 class EvalConfig:
     batch_size: int = knob(32, "lm-eval batch size")
-    limit: int | None = knob(None, "evaluate at most this many examples per task (None = all)")
+    limit: int | dict[str, int] | None = knob(
+        None, "evaluate at most this many examples per task, or a table {task = n} (None = all)"
+    )
+    limit_seed: int | None = knob(
+        None, "None: lm-eval's first `limit` examples; a seed: a seeded random subset per task"
+    )
     num_fewshot: int = knob(0, "few-shot examples per prompt")
     latency_batch_size: int = knob(8, "sequences per batch when timing inference")
     latency_seq_len: int = knob(64, "tokens per sequence when timing inference")
@@ -44,9 +49,17 @@ class EvalConfig:
         check_config(
             "eval",
             batch_size=positive_int(self.batch_size),
-            limit=(self.limit is None or self.limit >= 1, f"None or >= 1, got {self.limit}"),
+            limit=(_limit_ok(self.limit), f"None, >= 1 or a table of them, got {self.limit}"),
             latency_repeats=(self.latency_repeats >= 1, f">= 1, got {self.latency_repeats}"),
         )
+
+
+def _limit_ok(limit: Any) -> bool:
+    values = limit.values() if isinstance(limit, dict) else [limit]
+    return limit is None or (
+        all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+        and isinstance(limit, (int, dict))
+    )
 
 
 @dataclass
@@ -59,7 +72,8 @@ class SuiteSettings:
     tasks: list[str] | str = knob("all", "lm-eval task names, or 'all' tasks found in tasks_dir")
     tasks_dir: str | None = knob(
         "tasks",
-        "folder of lm-eval task YAML + JSONL, relative to the suite file; None = lm-eval's registry",
+        "folder of lm-eval task YAML + JSONL, relative to the suite file; 'commonsense' = the "
+        "built-in task source; None = lm-eval's registry",
     )
     train_data: str | dict = knob(
         "tasks",
@@ -439,7 +453,7 @@ def plan(
                 "train_data": s.train_data,
                 "chat_template": s.chat_template,
                 "train": train,
-                "eval": dataclasses.asdict(suite.eval),
+                "eval": _eval_config(suite.eval),
                 "inject_fault": entry.inject_fault,
                 # only sweep points carry this key, so other runs keep their config hash
                 **({"sweep": entry.sweep} if entry.sweep else {}),
@@ -464,6 +478,15 @@ def plan(
     return runs
 
 
+def _eval_config(eval_: EvalConfig) -> dict:
+    """The eval settings of a run config; ``limit_seed`` only when set, so the configs (and
+    hashes) of suites without it are those they had before it existed."""
+    config = dataclasses.asdict(eval_)
+    if config["limit_seed"] is None:
+        del config["limit_seed"]
+    return config
+
+
 def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) -> None:
     """Inject into the meta-device model: catches targets that match nothing and shape rules."""
     from lorabench.api.inject import inject
@@ -477,9 +500,12 @@ def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) 
 
 def _check_validation_splits(suite: Suite, where: str) -> None:
     """A training grid is selected on validation splits: every task must have one."""
+    from lorabench.tasks import commonsense
     from lorabench.tasks import synthetic as task_data
 
     s = suite.settings
+    if commonsense.is_task_source(s.tasks_dir):
+        return  # every task of a built-in source has a validation part
     if s.tasks_dir is None:
         raise ConfigError(
             f"{where}: a [train] list is a grid selected on validation splits, which needs "

@@ -44,6 +44,9 @@ def execute(job: dict) -> dict:
         from lorabench.models.zoo import model_source
 
         record["env"]["model"] = model_source(config["model"])
+        source = task_source(config)
+        if source is not None:
+            record["env"]["task_sources"] = {config["tasks_dir"]: source.environment()}
         record["metrics"] = measure_run(
             config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"], env=record["env"]
         )
@@ -116,10 +119,13 @@ def measure_run(
     if heldout:
         metrics["heldout_ppl_before"] = heldout_perplexity(model, tokenizer, heldout)
 
-    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] else None
+    source = task_source(config)  # a built-in task source (commonsense), else None
+    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] and not source else None
     tasks = (
         task_data.resolve_tasks(tasks_dir, config["tasks"]) if tasks_dir else list(config["tasks"])
     )
+    if source is not None:
+        tasks = source.resolve_tasks(config["tasks"])
     mergeable = False
     if method == "full":
         model.requires_grad_(True)
@@ -138,7 +144,10 @@ def measure_run(
 
     if method != "base":
         train_cfg = TrainConfig(**config["train"])
-        pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
+        if source is not None and config["train_data"] == "tasks":
+            pairs = source.train_pairs(tasks)  # rendered by lm-eval: train prompts = eval prompts
+        else:
+            pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
         examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
         with meter.phase("train"):
             result = train(
@@ -180,14 +189,20 @@ def measure_run(
     metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
 
     include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
+    if source is not None:
+        include = source.include
     options = dict(
         include_path=include, batch_size=ev["batch_size"], limit=ev["limit"],
         num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"], progress=progress,
+        limit_seed=ev.get("limit_seed"), primary=source.primary_metrics if source else None,
     )  # fmt: skip
     with meter.phase("eval"):
         if heldout:
             metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
-        validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
+        if source is not None:  # real benchmarks: score validation only where lr is selected
+            validation = "train_sweep" in config
+        else:
+            validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
         splits = ("test", "validation") if validation else ("test",)
         with autocast:
             scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
@@ -197,13 +212,14 @@ def measure_run(
                 k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
             }
         metrics["accuracy"] = metrics["eval"]["macro_avg"]
-        if tasks_dir is not None:
+        if tasks_dir is not None or source is not None:
             from lorabench.run.diagnostics import routing_diagnostics
 
-            prompts = {
+            # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
+            prompts = source.prompts(tasks, 32) if source else {
                 t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
                 for t in tasks
-            }
+            }  # fmt: skip
             with autocast:
                 routing = routing_diagnostics(model, tokenizer, prompts)
             if routing is not None:
@@ -213,6 +229,16 @@ def measure_run(
         metrics["adapter_bytes"] = weights.stat().st_size
     metrics["memory"] = meter.report()
     return metrics
+
+
+def task_source(config: dict):
+    """The built-in task source a run's ``tasks_dir`` names (``commonsense``), built and
+    rendered (once, in the user cache), or None for a tasks folder or lm-eval's registry."""
+    from lorabench.tasks import commonsense
+
+    if commonsense.is_task_source(config["tasks_dir"]):
+        return commonsense.open_commonsense()
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
