@@ -11,6 +11,9 @@ The source folder ``bench/`` is installed as the import package ``lorabench`` (a
 - :mod:`lorabench.report` — records → statistics → tables, plots → report.md / results.csv;
 - :mod:`lorabench.perf` — layer and train-step benchmarks;
 - :mod:`lorabench.cli` — argument parsing and printing.
+
+One call loads a saved run back (base model, adapter, record): :func:`load_run` (from
+:mod:`lorabench.run.rescore`, imported on first use so that ``import lorabench`` stays light).
 """
 
 if __name__ != "lorabench":  # imported as `bench` from a checkout: that name is not ours
@@ -20,3 +23,12 @@ if __name__ != "lorabench":  # imported as `bench` from a checkout: that name is
     )
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_run"]
+
+
+def __getattr__(name: str):
+    if name == "load_run":  # lazily: it imports torch, transformers and lm-eval
+        from lorabench.run.rescore import load_run
+
+        return load_run
+    raise AttributeError(f"module 'lorabench' has no attribute {name!r}")

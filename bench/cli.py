@@ -142,7 +142,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return 0
     command = "lorabench " + " ".join(args.argv)
-    options = dict(retry_failed=args.retry_failed, command=command, progress=not args.no_progress)
+    options = dict(
+        retry_failed=args.retry_failed, command=command, progress=not args.no_progress,
+        log_samples=args.log_samples,
+    )  # fmt: skip
     outcome = run_protocol(launcher, suite, runs, out, **options)
     rows = []
     for r in sorted(outcome.records, key=lambda r: (r["label"], r["seed"], r["run_id"])):
@@ -179,6 +182,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     failed = [r for r in outcome.records if r["status"] != "ok"]
     return 1 if failed else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lorabench.records import check_writable, write_json_atomic
+    from lorabench.run.rescore import Overrides, render, rescore
+
+    if args.out:
+        check_writable(Path(args.out).parent, "--out")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    overrides = Overrides(tasks, args.tasks_dir, args.limit, args.num_fewshot, args.batch_size)
+    result = rescore(
+        args.run, overrides, results=args.results, device=args.device,
+        check_base=not args.any_base, progress=not args.no_progress,
+    )  # fmt: skip
+    print(render(result))
+    if args.out:
+        write_json_atomic(Path(args.out), result)
+        print(f"saved {args.out}")
+    return 1 if result["reproduces"] is False else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -297,7 +321,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow task configs with !function tags or Python files in tasks_dir "
         "(lm-eval imports and runs that code)",
     )
+    p.add_argument(
+        "--log-samples",
+        action="store_true",
+        help="also keep lm-eval's per-sample logs (OUT/lm_eval/<run_id>/samples_<task>.jsonl)",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "eval", help="score a saved run again (its own tasks, or others) without training"
+    )
+    p.add_argument(
+        "run",
+        help="a record file RESULTS/runs/<run_id>.json, the run's adapter folder "
+        "RESULTS/adapters/<run_id>, or a run id with --results",
+    )
+    p.add_argument("--results", help="the results folder holding a run id's runs/ and adapters/")
+    p.add_argument("--tasks", help="comma-separated task names (default: the run's own tasks)")
+    p.add_argument(
+        "--tasks-dir",
+        help="where --tasks come from: a tasks folder, 'commonsense', or '' for lm-eval's "
+        "registry (default: the run's own)",
+    )
+    p.add_argument("--limit", type=int, help="items per task (default: the run's eval.limit)")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="lm-eval batch size (default: the run's)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the run's)")
+    p.add_argument(
+        "--any-base",
+        action="store_true",
+        help="load the adapter even if the base model's weights differ from the run's",
+    )
+    p.add_argument("--out", help="also write the result as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("report", help="markdown + CSV + plots from a results folder")
     p.add_argument("results", help="results folder (holding runs/*.json)")

@@ -28,6 +28,10 @@ class AdapterFileError(LorabenchError, ValueError):
     """An adapter file is missing, unreadable, or does not fit the model it is loaded into."""
 
 
+class RunFileError(LorabenchError, ValueError):
+    """A saved run (its record or adapter) is missing, or cannot be loaded as asked."""
+
+
 class ModelSourceError(LorabenchError, RuntimeError):
     """A built-in model could not be fetched, verified, converted or built."""
 

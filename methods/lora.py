@@ -56,7 +56,7 @@ class LoRALinear(PeftBackedLinear):
         peft_layer = PeftLoraLinear(
             base_layer, "default", config=peft_config, r=config.r, lora_alpha=alpha
         )
-        super().__init__(base_layer, peft_layer)
+        super().__init__(base_layer, peft_layer, peft_config)  # config: peft-format export
 
     @staticmethod
     def param_count(config: LoRAConfig, d_in: int, d_out: int) -> int:

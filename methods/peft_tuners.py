@@ -19,7 +19,9 @@ What this does not cover, and why (the error message says it too):
   one layer at a time, each layer would get its own bank and the count would be wrong.
 
 VeRA's frozen random projections are per layer here (peft shares one pair across layers
-to save memory); the trainable vectors and their count are unaffected. (IA)^3 scales each
+to save memory); the trainable vectors and their count are unaffected. The same is why
+types whose tuner holds such model-level state (VeRA, RandLoRA, ...) are saved in
+lorabench's adapter format only, never as a peft folder (``peft_export_blocker``). (IA)^3 scales each
 layer's output (peft's ``feedforward_modules`` names no layer here, since the one layer
 is called ``layer``; ``options = {feedforward_modules = ["layer"]}`` scales inputs).
 """
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from peft import PeftType, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
 from lorabench.api import ConfigError, PeftBackedLinear, knob, register_method
@@ -128,12 +130,28 @@ class PeftTunerLinear(PeftBackedLinear):
         # get_peft_model, not inject_adapter_in_model: types with tuner-held state (VeRA's
         # projections) only inject through it. The wrapper is dropped; the layer keeps what
         # it references.
-        get_peft_model(holder, config.peft_config())
+        peft_config = config.peft_config()
+        wrapper = get_peft_model(holder, peft_config)
         if not isinstance(holder.layer, BaseTunerLayer):
             raise ConfigError(
                 f"peft.peft_type: {config.peft_type} did not adapt the nn.Linear layer"
             )
-        super().__init__(base_layer, holder.layer)  # every supported type is linear in x
+        shared = _model_level_state(wrapper.base_model)
+        blocker = None
+        if shared:  # peft would rebuild it once per model: other values than these layers'
+            blocker = (
+                f"peft's {peft_config.peft_type.value} {shared}; here each layer has its own, "
+                "which peft's format cannot hold"
+            )
+        # every supported type is linear in x
+        super().__init__(base_layer, holder.layer, peft_config, blocker)
+
+    def peft_export_config(self, target_modules: list[str]):
+        """The config for a whole model: ``layer`` (the one wrapped layer) becomes the targets."""
+        renamed = {}
+        if getattr(self.peft_config, "feedforward_modules", None):  # (IA)^3 scaling inputs
+            renamed["feedforward_modules"] = list(target_modules)
+        return dataclasses.replace(self.peft_config, target_modules=list(target_modules), **renamed)
 
     @staticmethod
     def param_count(config: PeftTunerConfig, d_in: int, d_out: int) -> int:
@@ -143,6 +161,24 @@ class PeftTunerLinear(PeftBackedLinear):
     def delta(self, x_dropped: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         # For the identity probe of delta_weight (dropout off): what peft adds to W0 x.
         return self.peft_layer(x) - self.base_layer(x)
+
+
+def _model_level_state(tuner: nn.Module) -> str | None:
+    """What a peft tuner shares across the layers of a model, in words; None if nothing.
+
+    Either state the tuner holds itself, beside its model (VeRA's projections), or tensors
+    it ties across layers once all are injected (LiLy's shared B), in its
+    ``_post_injection_hook``.
+    """
+    names = [n for n, _ in tuner.named_children() if n != "model"]
+    names += [n for n, _ in tuner.named_parameters(recurse=False)]
+    names += [n for n, _ in tuner.named_buffers(recurse=False)]
+    if names:
+        return f"keeps {', '.join(sorted(names))} once per model, shared by every layer"
+    hook = getattr(type(tuner), "_post_injection_hook", None)
+    if hook is not None and hook is not getattr(BaseTuner, "_post_injection_hook", None):
+        return "ties tensors across layers once they are all injected"
+    return None
 
 
 def _config_key(config: PeftTunerConfig) -> str:

@@ -110,3 +110,57 @@ def test_bad_input_is_one_line_error(capsys, argv, message):
     assert code == 2 and out == ""
     assert err.startswith("lorabench: error: ") and message in err
     assert err.count("\n") == 1
+
+
+COMMITTED = Path(__file__).parents[1] / "reports" / "tiny" / "runs"
+
+
+def _saved(tmp_path, name: str, **changes) -> Path:
+    """A committed record copied into a results folder ``tmp_path/results/runs``."""
+    raw = json.loads((COMMITTED / name).read_text())
+    raw.update(changes)
+    path = tmp_path / "results" / "runs" / name
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "record,argv,message",
+    [
+        (None, ["nothing.json"], "run 'nothing.json': no such record file or adapter folder; "
+         "give RESULTS/runs/<run_id>.json, or the run id with --results RESULTS"),
+        ("lora-seed0-0562df8e.json", ["lora-seed0-xxxxxxxx", "--results", "{results}"],
+         "run 'lora-seed0-xxxxxxxx': no record {results}/runs/lora-seed0-xxxxxxxx.json"),
+        ("full-seed0-f36166eb.json", ["{path}"],
+         "run full-seed0-f36166eb: full fine-tuning; its weights are not saved"),
+        ("lora-seed0-0562df8e.json", ["{path}", "--limit", "0"],
+         "limit: expected an integer >= 1, got 0"),
+        ("lora-seed0-0562df8e.json", ["{path}", "--num-fewshot", "-1"],
+         "num_fewshot: expected an integer >= 0, got -1"),
+        ("lora-seed0-0562df8e.json", ["{path}"],
+         "run lora-seed0-0562df8e: its record does not say where its tasks_dir 'tasks' is "
+         "(recorded before env.suite_root); give the tasks folder (--tasks-dir)"),
+        ("lora-seed0-0562df8e.json", ["{path}", "--tasks-dir", "{results}/gone"],
+         "run lora-seed0-0562df8e: {results}/gone: no tasks (expected <task>/<task>.yaml "
+         "folders)"),
+        ("lora-seed0-0562df8e.json", ["{path}", "--tasks", "lb_nope", "--tasks-dir",
+                                      str(Path(__file__).parents[1] / "suites" / "tasks")],
+         "run lora-seed0-0562df8e: unknown task(s) lb_nope in "),
+    ],
+)  # fmt: skip
+def test_eval_of_a_run_it_cannot_load_is_a_one_line_error(capsys, tmp_path, record, argv, message):
+    path = _saved(tmp_path, record) if record else tmp_path / "none"
+    results = str(tmp_path / "results")
+    argv = [a.format(path=path, results=results) for a in argv]
+    code, out, err = run(capsys, "eval", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("lorabench: error: ") and message.format(results=results) in err
+    assert err.count("\n") == 1
+
+
+def test_eval_of_an_unfinished_run_says_its_status(capsys, tmp_path):
+    path = _saved(tmp_path, "lora-seed0-0562df8e.json", status="failed", error="boom")
+    code, _, err = run(capsys, "eval", str(path), "--tasks-dir", str(tmp_path))
+    assert code == 2
+    assert err == "lorabench: error: run lora-seed0-0562df8e: status failed; it saved no adapter\n"

@@ -123,7 +123,7 @@ def smoke_records(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     suite = load_suite(SMOKE)
     runs = plan(suite, methods=["base", "lora", "mor", "full"])
-    outcome = run_suite(suite, runs, out, progress=False)
+    outcome = run_suite(suite, runs, out, progress=False, log_samples=True)
     return suite, runs, out, outcome
 
 
@@ -199,6 +199,80 @@ def test_every_run_leaves_a_complete_record(smoke_records):
             assert "merged" not in m["latency_ms"]
         if record["method"] == "full":
             assert m["trainable_params"] == m["base_params"] and "adapter_bytes" not in m
+
+
+@pytest.mark.slow
+def test_runs_keep_lm_evals_output_and_every_metric(smoke_records):
+    import math
+
+    _, _, out, outcome = smoke_records
+    for record in outcome.executed:
+        folder = out / "lm_eval" / record["run_id"]
+        m = record["metrics"]["eval"]
+        lm_eval_results = json.loads((folder / "results.json").read_text())
+        assert sorted(lm_eval_results["results"]) == sorted(m["per_task"])
+        assert lm_eval_results["n-samples"]["lb_sentiment"]["effective"] == 10
+        assert (folder / "results_validation.json").is_file()
+        for task, score in m["per_task"].items():
+            row = m["metrics"][task]
+            assert (
+                lm_eval_results["results"][task][m["metric"][task]]
+                == score
+                == row[m["metric"][task]]
+            )
+            name = m["metric"][task].split(",")[0]
+            # mean-aggregated metrics: lm-eval's closed-form standard error sqrt(p(1-p)/(n-1))
+            assert row[f"{name}_stderr,none"] == pytest.approx(math.sqrt(score * (1 - score) / 9))
+            lines = (folder / f"samples_{task}.jsonl").read_text().splitlines()
+            assert sorted(json.loads(line)["doc_id"] for line in lines) == list(range(10))
+
+
+@pytest.mark.slow
+def test_lorabench_eval_reproduces_a_routed_run_exactly(smoke_records, capsys):
+    from lorabench.cli import main
+
+    _, _, out, outcome = smoke_records
+    mor = next(r for r in outcome.executed if r["method"] == "mor")
+    record_file = out / "runs" / f"{mor['run_id']}.json"
+    assert main(["eval", str(record_file), "--no-progress", "--out", str(out / "again.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "reproduces the record exactly" in printed and "lb_arithmetic" in printed
+    again = json.loads((out / "again.json").read_text())
+    assert again["reproduces"] is True
+    assert again["accuracy"] == mor["metrics"]["accuracy"]
+    for key in ("per_task", "per_example", "metric", "metrics"):
+        assert again["eval"][key] == mor["metrics"]["eval"][key], key
+    # by run id, on one task with another limit: scored, nothing to compare with
+    argv = ["eval", mor["run_id"], "--results", str(out), "--tasks", "lb_sentiment",
+            "--limit", "4", "--no-progress", "--out", str(out / "one.json")]  # fmt: skip
+    assert main(argv) == 0
+    one = json.loads((out / "one.json").read_text())
+    assert one["tasks"] == ["lb_sentiment"] and one["reproduces"] is None
+    assert len(one["eval"]["per_example"]["lb_sentiment"]) == 4
+    assert one["accuracy"] == sum(one["eval"]["per_example"]["lb_sentiment"]) / 4
+
+
+@pytest.mark.slow
+def test_load_run_and_the_peft_folder_give_the_trained_model(smoke_records):
+    from peft import PeftModel
+
+    import lorabench
+    from lorabench.api.inject import adapted_layers
+    from lorabench.models.zoo import load_pretrained
+
+    _, _, out, outcome = smoke_records
+    lora = next(r for r in outcome.executed if r["method"] == "lora")
+    mor = next(r for r in outcome.executed if r["method"] == "mor")
+    model, tokenizer, record = lorabench.load_run(out / "adapters" / lora["run_id"])
+    assert record == lora and len(dict(adapted_layers(model))) == 4 * 7
+    peft_dir = out / "adapters" / lora["run_id"] / "peft"
+    reloaded = PeftModel.from_pretrained(load_pretrained("tiny")[0], str(peft_dir)).eval()
+    ids = tokenizer(["math: 12 + 30 =", "reverse: a b c ->"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**ids).logits, model(**ids).logits, rtol=0, atol=1e-5)
+    assert not (out / "adapters" / mor["run_id"] / "peft").exists()  # routed: own format only
+    routed, _, _ = lorabench.load_run(mor["run_id"], results=out)
+    assert all(type(layer).__name__ == "MoRLinear" for _, layer in adapted_layers(routed))
 
 
 @pytest.mark.slow

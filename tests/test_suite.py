@@ -386,3 +386,36 @@ def test_a_grid_needs_validation_splits(tmp_path):
     with pytest.raises(ConfigError, match="has no validation.jsonl"):
         plan(grid_suite(tmp_path, train="lr = [1e-3, 3e-3]", tasks=tasks))
     assert plan(grid_suite(tmp_path, train="lr = 1e-3", tasks=tasks))  # no grid: no need
+
+
+def test_eval_primary_reaches_the_run_config_only_when_set(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = plan(load_suite(write_suite(tmp_path / "a")), methods=["lora"])
+    assert "primary" not in plain[0].config["eval"]  # unset: the configs (hashes) of before
+    extra = '[eval]\nprimary = { lb_sentiment = "acc" }\n'
+    text = MINIMAL.format(suite_extra="", train_extra="", method_extra="") + extra
+    named = plan(load_suite(write_suite(tmp_path / "b", text=text)), methods=["lora"])
+    assert named[0].config["eval"]["primary"] == {"lb_sentiment": "acc"}
+    assert named[0].run_id != plain[0].run_id
+
+
+@pytest.mark.parametrize(
+    "primary,message",
+    [
+        ('{ lb_nope = "acc" }', "[eval].primary names task(s) lb_nope that the suite does not "
+         "evaluate; its tasks: lb_arithmetic, lb_kv_memory"),
+        ('{ lb_sentiment = "acc,none" }', "eval.primary: expected a table {task = metric name} "
+         "such as {arc_easy = \"acc_norm\"} (a name without lm-eval's ',filter' suffix), got "
+         "{'lb_sentiment': 'acc,none'}"),
+        ('{ lb_sentiment = 3 }', "eval.primary: expected a table {task = metric name}"),
+        ('"acc"', "[eval].primary: expected dict | None, got 'acc'"),
+    ],
+)  # fmt: skip
+def test_bad_eval_primary_is_a_one_line_error_at_plan_time(tmp_path, primary, message):
+    text = MINIMAL.format(suite_extra="", train_extra="", method_extra="")
+    path = write_suite(tmp_path, text=text + f"[eval]\nprimary = {primary}\n")
+    with pytest.raises(ConfigError) as info:
+        plan(load_suite(path))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith(str(path))

@@ -7,6 +7,7 @@ dropout, merge/unmerge, and the aux-loss slot live here once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import field
 from typing import Any, ClassVar
@@ -147,15 +148,36 @@ class PeftBackedLinear(AdaptedLinear):
     peft's layer owns the base layer; this keeps a single registration of it (see
     ``base_layer``), so state dicts hold the frozen weight once. Forward, merge and unmerge
     are peft's.
+
+    ``peft_config`` (the peft config object the layer was built from) lets
+    :func:`lorabench.api.peft_format.save_peft_adapter` write the adapter as a standard
+    peft folder; without one, or with ``peft_export_blocker`` set (why peft's whole-model
+    layout cannot hold this layer), only lorabench's own format is written.
     """
 
     mergeable = True
 
-    def __init__(self, base_layer: nn.Linear, peft_layer: nn.Module):
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        peft_layer: nn.Module,
+        peft_config: Any = None,
+        peft_export_blocker: str | None = None,
+    ):
         super().__init__(base_layer)
         del self.base_layer
         self.peft_layer = peft_layer
+        self.peft_config = peft_config
+        self.peft_export_blocker = peft_export_blocker
         base_layer.requires_grad_(False)
+
+    def peft_export_config(self, target_modules: list[str]) -> Any:
+        """This layer's peft config for a whole model whose targets are ``target_modules``.
+
+        Plugins whose config names the wrapped layer itself (e.g. (IA)³'s
+        ``feedforward_modules``) override this to rename it.
+        """
+        return dataclasses.replace(self.peft_config, target_modules=list(target_modules))
 
     @property
     def base_layer(self) -> nn.Linear:  # type: ignore[override]

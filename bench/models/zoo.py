@@ -96,17 +96,25 @@ def model_source(model: str) -> dict:
 
 def load_pretrained(model: str, dtype: str = "float32", device: str = "cpu"):
     """(model, tokenizer) through the ordinary ``from_pretrained`` path, in eval mode."""
+    tokenizer = load_tokenizer(model)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(model_path(model), dtype=getattr(torch, dtype))
+    except OSError as exc:
+        raise ConfigError(f"cannot load model '{model}': {exc}") from exc
+    return lm.to(device).eval(), tokenizer
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of ``model`` (a built-in name, folder or hub name), with a pad token."""
     from transformers import AutoTokenizer
 
-    path = model_path(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        tokenizer = AutoTokenizer.from_pretrained(model_path(model))
     except OSError as exc:
         raise ConfigError(f"cannot load model '{model}': {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return lm.to(device).eval(), tokenizer
+    return tokenizer
 
 
 def target_shapes(model: str, targets: str | list[str]) -> list[tuple[int, int]] | None:

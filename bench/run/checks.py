@@ -8,7 +8,7 @@ is a one-line :class:`~lorabench.errors.ConfigError` naming the suite file:
 - the model: a local model folder that does not exist (a name that is no built-in, no
   existing path and no hub id ``name`` / ``org/name``);
 - tasks: a ``tasks_dir`` that is missing or no lorabench tasks folder, task names it does not
-  hold; a built-in task source (``tasks_dir = "commonsense"``) is fetched and converted
+  hold, and ``[eval].primary`` naming a task the suite does not evaluate; a built-in task source (``tasks_dir = "commonsense"``) is fetched and converted
   (once) so that its task names and an ``[eval].limit`` table are checked too; and, without ``tasks_dir``, names that are not in lm-eval's registry (checked with
   lm-eval's ``TaskManager``; its name list is cached per lm-eval version);
 - training data: ``train_data = "tasks"`` without a ``tasks_dir``, a missing JSONL file, and
@@ -68,6 +68,7 @@ def check_plan(
     else:
         tasks, tasks_dir = check_tasks(suite, trust_suite_code)
         rows = training_rows(s.train_data, tasks, tasks_dir, where)
+    check_primary(suite.eval.primary, tasks, where)
     if rows is None:
         return
     for entry in entries:
@@ -83,6 +84,16 @@ def check_plan(
                 f"{where}: method '{entry.label}': batch_size={max(too_big)} is larger than the "
                 f"{rows} training examples of train_data; lower [train].batch_size"
             )
+
+
+def check_primary(primary: dict[str, str] | None, tasks: list[str], where: str) -> None:
+    """``[eval].primary`` may name only tasks the suite evaluates."""
+    unknown = sorted(set(primary or {}) - set(tasks))
+    if unknown:
+        raise ConfigError(
+            f"{where}: [eval].primary names task(s) {', '.join(unknown)} that the suite does "
+            f"not evaluate; its tasks: {', '.join(tasks)}"
+        )
 
 
 def check_seeds(seeds: list[int], where: str) -> None:

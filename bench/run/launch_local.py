@@ -144,6 +144,7 @@ def run_suite(
     command: str | None = None,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    log_samples: bool = False,
 ) -> SuiteOutcome:
     """Execute ``runs`` (each in a child process), skipping the ones already recorded.
 
@@ -172,7 +173,7 @@ def run_suite(
                     outcome.skipped.append(done)
                     continue
                 current = run
-                record = spawn(run, suite, out_dir, command, progress)
+                record = spawn(run, suite, out_dir, command, progress, log_samples=log_samples)
                 current = None
             finish(record, outcome, on_record)
     except KeyboardInterrupt:
@@ -305,8 +306,18 @@ def _die_with_parent() -> None:
 # ---- one run ---------------------------------------------------------------------------------
 
 
-def spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progress: bool) -> dict:
+def spawn(
+    run: RunSpec,
+    suite: Suite,
+    out_dir: Path,
+    command: str | None,
+    progress: bool,
+    log_samples: bool = False,
+) -> dict:
     """Run ``run`` in a child process; its record (a crash record if it wrote none).
+
+    ``log_samples``: the worker also writes lm-eval's per-sample logs (not part of the
+    run's config: they do not change a result).
 
     KeyboardInterrupt stops the child (SIGINT, then SIGKILL after ``STOP_GRACE_S``) and
     propagates; the interrupted run gets no record, so a rerun does it again.
@@ -320,6 +331,7 @@ def spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progre
         "out_dir": str(out_dir.resolve()),
         "command": command,
         "progress": progress,
+        "log_samples": log_samples,
     }
     job_file = _write_job(job_path(out_dir, run), job)
     log_path = _log_file(out_dir / "logs" / f"{run.run_id}.log")

@@ -44,6 +44,11 @@ class EvalConfig:
     latency_batch_size: int = knob(8, "sequences per batch when timing inference")
     latency_seq_len: int = knob(64, "tokens per sequence when timing inference")
     latency_repeats: int = knob(10, "timed forward passes (median reported) after 2 warm-ups")
+    primary: dict[str, str] | None = knob(
+        None,
+        "{task = metric}: the lm-eval metric a task is ranked on, e.g. acc_norm "
+        "(None: acc, else exact_match; a task source's own choice for its tasks)",
+    )
 
     def __post_init__(self) -> None:
         check_config(
@@ -51,7 +56,18 @@ class EvalConfig:
             batch_size=positive_int(self.batch_size),
             limit=(_limit_ok(self.limit), f"None, >= 1 or a table of them, got {self.limit}"),
             latency_repeats=(self.latency_repeats >= 1, f">= 1, got {self.latency_repeats}"),
+            primary=(
+                _primary_ok(self.primary),
+                f'a table {{task = metric name}} such as {{arc_easy = "acc_norm"}} (a name '
+                f"without lm-eval's ',filter' suffix), got {self.primary!r}",
+            ),
         )
+
+
+def _primary_ok(primary: Any) -> bool:
+    return primary is None or all(
+        isinstance(v, str) and v.strip() and "," not in v for v in primary.values()
+    )
 
 
 def _limit_ok(limit: Any) -> bool:
@@ -479,11 +495,13 @@ def plan(
 
 
 def _eval_config(eval_: EvalConfig) -> dict:
-    """The eval settings of a run config; ``limit_seed`` only when set, so the configs (and
-    hashes) of suites without it are those they had before it existed."""
+    """The eval settings of a run config; ``limit_seed`` and ``primary`` only when set, so the
+    configs (and hashes) of suites without them are those they had before they existed."""
     config = dataclasses.asdict(eval_)
     if config["limit_seed"] is None:
         del config["limit_seed"]
+    if not config["primary"]:  # None or {}
+        del config["primary"]
     return config
 
 

@@ -26,6 +26,7 @@ import torch
 from lorabench.records import new_record, save_record
 
 log = logging.getLogger("lorabench.run.worker")
+PEFT_DIR = "peft"  # OUT/adapters/<run_id>/peft/: the adapter as a standard peft folder
 
 
 def _now() -> str:
@@ -44,12 +45,14 @@ def execute(job: dict) -> dict:
         from lorabench.models.zoo import model_source
 
         record["env"]["model"] = model_source(config["model"])
+        record["env"]["suite_root"] = job["suite_root"]  # where tasks_dir is: `lorabench eval`
         source = task_source(config)
         if source is not None:
             record["env"]["task_sources"] = {config["tasks_dir"]: source.environment()}
         record["metrics"] = measure_run(
-            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"], env=record["env"]
-        )
+            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"],
+            env=record["env"], log_samples=job.get("log_samples", False),
+        )  # fmt: skip
         record["status"] = "ok"
     except NaNLossError as exc:
         record.update(status="nan", error=str(exc))
@@ -71,18 +74,21 @@ def measure_run(
     run_id: str,
     progress: bool = True,
     env: dict | None = None,
+    log_samples: bool = False,
 ) -> dict:
     """Load → inject → train → time → evaluate one run; its metrics.
 
     ``env`` (the record's environment) receives ``base_weights_sha256``, the checksum of
-    the loaded base model taken before anything is injected.
+    the loaded base model taken before anything is injected. The adapter goes to
+    ``OUT/adapters/<run_id>/`` (and its ``peft/`` subfolder for peft-backed methods),
+    lm-eval's output to ``OUT/lm_eval/<run_id>/`` (per-sample logs with ``log_samples``).
     """
-    from lorabench.api.inject import count_parameters, inject, save_adapter
+    from lorabench.api.inject import count_parameters, inject
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
     from lorabench.records import is_contended
-    from lorabench.run.evaluate import evaluate
+    from lorabench.run.evaluate import eval_inputs
     from lorabench.run.measure import (
         MemoryMeter,
         MergeState,
@@ -91,7 +97,6 @@ def measure_run(
         latency_batch,
         state_dict_sha256,
     )
-    from lorabench.tasks import synthetic as task_data
     from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
     from lorabench.train import TrainConfig, train
 
@@ -119,13 +124,8 @@ def measure_run(
     if heldout:
         metrics["heldout_ppl_before"] = heldout_perplexity(model, tokenizer, heldout)
 
-    source = task_source(config)  # a built-in task source (commonsense), else None
-    tasks_dir = (suite_root / config["tasks_dir"]) if config["tasks_dir"] and not source else None
-    tasks = (
-        task_data.resolve_tasks(tasks_dir, config["tasks"]) if tasks_dir else list(config["tasks"])
-    )
-    if source is not None:
-        tasks = source.resolve_tasks(config["tasks"])
+    inputs = eval_inputs(config, suite_root, progress=progress)
+    source, tasks_dir, tasks = inputs.source, inputs.tasks_dir, inputs.tasks
     mergeable = False
     if method == "full":
         model.requires_grad_(True)
@@ -188,57 +188,75 @@ def measure_run(
     metrics["latency_samples_ms"] = samples
     metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
 
-    include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
-    if source is not None:
-        include = source.include
-    options = dict(
-        include_path=include, batch_size=ev["batch_size"], limit=ev["limit"],
-        num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"], progress=progress,
-        limit_seed=ev.get("limit_seed"), primary=source.primary_metrics if source else None,
-    )  # fmt: skip
     with meter.phase("eval"):
         if heldout:
             metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
-        if source is not None:  # real benchmarks: score validation only where lr is selected
-            validation = "train_sweep" in config
-        else:
-            validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
-        splits = ("test", "validation") if validation else ("test",)
         with autocast:
-            scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
-        metrics["eval"] = scored["test"]
-        if validation:
-            metrics["validation"] = {
-                k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
-            }
-        metrics["accuracy"] = metrics["eval"]["macro_avg"]
-        if tasks_dir is not None or source is not None:
-            from lorabench.run.diagnostics import routing_diagnostics
-
-            # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
-            prompts = source.prompts(tasks, 32) if source else {
-                t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
-                for t in tasks
-            }  # fmt: skip
-            with autocast:
-                routing = routing_diagnostics(model, tokenizer, prompts)
-            if routing is not None:
-                metrics["routing"] = routing
+            metrics.update(
+                _score(model, tokenizer, inputs, out_dir / "lm_eval" / run_id, log_samples)
+            )
     if method not in ("base", "full"):
-        weights = save_adapter(model, out_dir / "adapters" / run_id)
-        metrics["adapter_bytes"] = weights.stat().st_size
+        metrics["adapter_bytes"] = _save_adapters(model, out_dir / "adapters" / run_id, config)
     metrics["memory"] = meter.report()
     return metrics
 
 
-def task_source(config: dict):
-    """The built-in task source a run's ``tasks_dir`` names (``commonsense``), built and
-    rendered (once, in the user cache), or None for a tasks folder or lm-eval's registry."""
-    from lorabench.tasks import commonsense
+def _score(model, tokenizer, inputs, lm_eval_dir: Path, log_samples: bool) -> dict:
+    """The eval metrics of the trained model (test, validation, routing); lm-eval's own
+    output goes to ``lm_eval_dir``."""
+    from lorabench.run.diagnostics import routing_diagnostics
+    from lorabench.run.evaluate import evaluate
+    from lorabench.run.lm_eval_output import write_lm_eval_output
+    from lorabench.tasks import synthetic as task_data
 
-    if commonsense.is_task_source(config["tasks_dir"]):
-        return commonsense.open_commonsense()
-    return None
+    scored = evaluate(
+        model, tokenizer, inputs.tasks, splits=inputs.splits, lm_eval_output=True, **inputs.options
+    )
+    for split, result in scored.items():
+        write_lm_eval_output(
+            lm_eval_dir, result.pop("lm_eval"), log_samples=log_samples, split=split
+        )
+    metrics = {"eval": scored["test"], "accuracy": scored["test"]["macro_avg"]}
+    if "validation" in scored:
+        metrics["validation"] = {
+            k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
+        }
+    source, tasks_dir, tasks = inputs.source, inputs.tasks_dir, inputs.tasks
+    if tasks_dir is not None or source is not None:
+        # commonsense prompts are ~50 tokens, not ~10: 32 per task give ample router statistics
+        prompts = source.prompts(tasks, 32) if source else {
+            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+            for t in tasks
+        }  # fmt: skip
+        routing = routing_diagnostics(model, tokenizer, prompts)
+        if routing is not None:
+            metrics["routing"] = routing
+    return metrics
+
+
+def _save_adapters(model, folder: Path, config: dict) -> int:
+    """Save the adapter (lorabench's format; peft's too where it can hold it); its bytes."""
+    from lorabench.api.inject import save_adapter
+    from lorabench.api.peft_format import peft_export_blocker, save_peft_adapter
+    from lorabench.models.zoo import model_path
+
+    weights = save_adapter(model, folder)
+    blocker = peft_export_blocker(model)
+    if blocker is not None:
+        log.info("no peft-format adapter: %s", blocker)
+        return weights.stat().st_size
+    try:
+        save_peft_adapter(model, folder / PEFT_DIR, model_path(config["model"], progress=False))
+    except Exception as exc:  # a convenience copy: the run and its own-format adapter stand
+        log.warning("the peft-format adapter could not be written: %s: %s", type(exc).__name__, exc)
+    return weights.stat().st_size
+
+
+def task_source(config: dict):
+    """The built-in task source of a run config, or None (see :func:`lorabench.run.evaluate.task_source`)."""
+    from lorabench.run.evaluate import task_source as source_of
+
+    return source_of(config)
 
 
 def main(argv: list[str] | None = None) -> int:
