@@ -246,9 +246,19 @@ def cmd_bench_layers(args: argparse.Namespace) -> int:
 
     from lorabench.api.registry import get_method
     from lorabench.errors import ConfigError
-    from lorabench.perf.layers import LAYER_METHODS, LayerShape, render, run_benchmarks
+    from lorabench.perf.layers import LAYER_METHODS, LayerShape, run_benchmarks
+    from lorabench.perf.render import render, render_markdown
     from lorabench.records import environment, write_json_atomic
 
+    if args.render:  # the report file from a saved result; nothing is measured
+        source = Path(args.render)
+        try:
+            result = json.loads(source.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--render {args.render}: not a bench-layers JSON ({exc})") from exc
+        source.with_suffix(".md").write_text(render_markdown(result, source.name))
+        print(f"wrote {source.with_suffix('.md')}")
+        return 0
     methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else LAYER_METHODS
     for method in methods:
         get_method(method)  # UnknownMethodError names the registered ones
@@ -267,8 +277,10 @@ def cmd_bench_layers(args: argparse.Namespace) -> int:
     result["command"] = "lorabench " + " ".join(args.argv)
     print(render(result))
     if args.out:
-        write_json_atomic(Path(args.out), result)
-        print(f"\nsaved {args.out}")
+        out = Path(args.out)
+        write_json_atomic(out, result)
+        out.with_suffix(".md").write_text(render_markdown(result, out.name))
+        print(f"\nsaved {out} and {out.with_suffix('.md')}")
     return 0 if all(t["met"] for t in result["targets"]) or not args.strict else 1
 
 
@@ -380,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/bench-layers.json", help="JSON file ('' = none)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--render", metavar="JSON", help="only (re)write JSON's .md report from a saved result"
+    )
     p.set_defaults(func=cmd_bench_layers)
 
     p = sub.add_parser("make-tasks", help="(re)generate the embedded task data (YAML + JSONL)")

@@ -4,7 +4,9 @@ Timings are not asserted here (they belong to `benchmarks/` and `lorabench bench
 these tests check what is measured and that memory-lean code stays memory-lean.
 """
 
+import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +14,15 @@ from torch import nn
 
 from lorabench.api.registry import build_config, get_method
 from lorabench.cli import main
-from lorabench.perf.layers import TARGETS, perturb
+from lorabench.perf.layers import (
+    BUDGET_RANK,
+    TARGETS,
+    LayerShape,
+    build_layer,
+    count_flops,
+    perturb,
+)
+from lorabench.perf.render import render_markdown
 from lorabench.run.measure import AllocationTracker
 
 T, D_IN, D_OUT, N = 512, 64, 1024, 16
@@ -73,8 +83,44 @@ def test_bench_layers_prints_ratios_to_the_base_and_saves_json(tmp_path, capsys)
     for target, (_, limit) in zip(result["targets"], TARGETS.values(), strict=True):
         assert target["met"] == (target["ratio"] <= limit)
     assert result["command"].startswith("lorabench bench-layers --d-in 64")
+    base, lora = layers["base"], layers["lora"]
+    assert base["forward_x_floor"] == base["train_x_floor"] == 1.0  # the floor's reference
+    assert base["train_extra_flops"] == 0 and lora["train_extra_flops"] > 0
+    assert lora["train_floor_ms"] == pytest.approx(
+        base["train_ms"] * lora["train_flops"] / base["train_flops"]
+    )
+    assert lora["train_x_floor"] == pytest.approx(lora["train_ms"] / lora["train_floor_ms"])
+    assert steps["base"]["step_x_floor"] == 1.0 and steps["mor"]["flops"] > steps["base"]["flops"]
     printed = capsys.readouterr().out
     assert "| mor " in printed and "× frozen base" in printed and f"saved {out}" in printed
+    assert "fwd+bwd × floor" in printed
+    report = out.with_suffix(".md")
+    assert report.read_text() == render_markdown(result, "bench.json")
+    written = report.read_text()
+    report.unlink()
+    assert main(["bench-layers", "--render", str(out)]) == 0  # from the JSON alone
+    assert report.read_text() == written
+
+
+def test_layer_flops_match_the_closed_form():
+    """LoRA's forward: the base matmul 2·T·d_in·d_out plus 2·T·r·(d_in + d_out)."""
+    shape, r = LayerShape(64, 96, 32), BUDGET_RANK
+    x = torch.randn(shape.tokens, shape.d_in)
+    base = 2 * shape.tokens * shape.d_in * shape.d_out
+    with torch.no_grad():
+        assert count_flops(lambda: build_layer("base", shape)(x)) == base
+        for variant in ("peft-lora", "lora"):
+            layer = build_layer(variant, shape)
+            assert count_flops(functools.partial(layer, x)) == base + 2 * shape.tokens * r * (
+                64 + 96
+            )
+
+
+def test_committed_performance_report_regenerates_from_its_json():
+    folder = Path(__file__).resolve().parents[1] / "reports" / "performance"
+    result = json.loads((folder / "bench-layers.json").read_text())
+    assert "train_x_floor" in result["layers"]["mora"]  # the floor column is in the real run
+    assert (folder / "bench-layers.md").read_text() == render_markdown(result, "bench-layers.json")
 
 
 def test_bench_layers_rejects_unknown_methods_in_one_line(capsys):

@@ -14,6 +14,14 @@ Two benchmarks, each reported as ratios to a reference measured in the same proc
 Timings are medians of ``torch.utils.benchmark`` blocked measurements after two warm-up
 calls, interleaved over rounds in a rotating order so that drift of the machine and
 position effects hit every variant alike.
+
+**Arithmetic floor.** Each variant's matrix-multiply FLOPs (forward, and forward+backward)
+are counted from its shapes by ``torch.utils.flop_counter.FlopCounterMode`` (it counts
+mm/addmm/bmm/einsum-as-bmm and attention; elementwise work is not counted). The *floor* is
+the time the variant would take if its extra FLOPs ran as fast as the frozen base's own
+matmuls: ``base_ms × flops / base_flops``. ``measured ÷ floor`` then separates what a method
+costs in arithmetic (a ratio near 1: it is slow because it computes more) from overhead
+(reshapes, copies, small kernels, Python: a ratio well above 1).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from lorabench.api.registry import build_config, get_method
@@ -80,6 +89,13 @@ def build_layer(variant: str, shape: LayerShape, seed: int = 0) -> nn.Module:
     return spec.adapt(linear, config)
 
 
+def count_flops(fn: Callable[[], object]) -> int:
+    """Matrix-multiply FLOPs of one call of ``fn`` (``FlopCounterMode``, from shapes)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def perturb(module: nn.Module) -> None:
     """Move adapters off their zero init, so no branch is skipped or trivially zero."""
     g = torch.Generator().manual_seed(1)
@@ -106,8 +122,10 @@ def measure_layer(variant: str, shape: LayerShape, min_time: float) -> dict:
     layer.eval()
     with torch.no_grad():
         forward = median_ms(lambda: layer(x), min_time)
+        forward_flops = count_flops(lambda: layer(x))
     layer.train()
     row = {"forward_ms": forward, "train_ms": median_ms(train, min_time)}
+    row |= {"forward_flops": forward_flops, "train_flops": count_flops(train)}
     with AllocationTracker() as tracker:
         train()
     row |= {"peak_mb": tracker.peak_bytes / MB, "largest_mb": tracker.largest_bytes / MB}
@@ -158,6 +176,18 @@ def train_step_model(variant: str, seed: int = 0) -> tuple[Callable[[], None], i
     return step, sum(p.numel() for p in trainable)
 
 
+def add_floor(rows: dict[str, dict], time_key: str, flops_key: str, base: str = BASE) -> None:
+    """``<time>_floor_ms`` (the base's time scaled by the FLOP ratio: the variant's
+    arithmetic at the base's FLOP rate), ``<time>_x_floor`` and the extra FLOPs, in place."""
+    reference = rows[base]
+    stem = time_key.removesuffix("_ms")
+    for row in rows.values():
+        floor = reference[time_key] * row[flops_key] / reference[flops_key]
+        row[f"{stem}_extra_flops"] = row[flops_key] - reference[flops_key]
+        row[f"{stem}_floor_ms"] = floor
+        row[f"{stem}_x_floor"] = row[time_key] / floor
+
+
 def run_benchmarks(
     shape: LayerShape = LayerShape(),
     methods: tuple[str, ...] = LAYER_METHODS,
@@ -170,6 +200,7 @@ def run_benchmarks(
     variants = [BASE, PEFT_LORA, *methods]
     step_variants = [BASE, *methods] if model_step else []
     steps = {v: train_step_model(v) for v in step_variants}
+    step_flops = {v: count_flops(steps[v][0]) for v in step_variants}
     layer_runs: dict[str, list[dict]] = {v: [] for v in variants}
     step_runs: dict[str, list[float]] = {v: [] for v in step_variants}
     total = rounds * (len(variants) + len(step_variants))
@@ -191,14 +222,18 @@ def run_benchmarks(
             if f"{key}_ms" in row:
                 denominator = base["forward_ms"] if key == "merged" else base[f"{key}_ms"]
                 row[f"{key}_x_base"] = row[f"{key}_ms"] / denominator
+    add_floor(layers, "forward_ms", "forward_flops")
+    add_floor(layers, "train_ms", "train_flops")
     train_steps = {
-        v: {"step_ms": statistics.median(times), "params": steps[v][1]}
+        v: {"step_ms": statistics.median(times), "params": steps[v][1], "flops": step_flops[v]}
         for v, times in step_runs.items()
     }
     for row in train_steps.values():
         row["x_frozen"] = row["step_ms"] / train_steps[BASE]["step_ms"]
         if "lora" in train_steps:
             row["x_lora"] = row["step_ms"] / train_steps["lora"]["step_ms"]
+    if train_steps:
+        add_floor(train_steps, "step_ms", "flops")
     result = {
         "shape": dataclasses.asdict(shape),
         "rounds": rounds,
@@ -249,79 +284,3 @@ def check_targets(result: dict) -> list[dict]:
             continue
         out.append({"target": text, "worst": hit[0], "ratio": hit[1], "met": hit[1] <= limit})
     return out
-
-
-def render(result: dict) -> str:
-    """The ratio tables and the targets, as markdown (what the CLI prints)."""
-    from tabulate import tabulate
-
-    def x(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
-
-    shape = result["shape"]
-    layer_rows = [
-        [
-            name, f"{row['params']:,}", f"{row['forward_ms']:.1f}", x(row["forward_x_base"]),
-            f"{row['train_ms']:.1f}", x(row["train_x_base"]), x(row.get("merged_x_base")),
-            f"{row['peak_mb']:.1f}", f"{row['largest_mb']:.1f}",
-        ]
-        for name, row in result["layers"].items()
-    ]  # fmt: skip
-    step_rows = [
-        [
-            name,
-            f"{row['params']:,}",
-            f"{row['step_ms']:.1f}",
-            x(row["x_frozen"]),
-            x(row.get("x_lora")),
-        ]
-        for name, row in result["train_step"].items()
-    ]
-    target_rows = [
-        [t["target"], t["worst"], f"{t['ratio']:.3f}", "met" if t["met"] else "missed"]
-        for t in result["targets"]
-    ]
-    lines = [
-        f"One layer: d_in {shape['d_in']}, d_out {shape['d_out']}, {shape['tokens']} tokens, fp32, "
-        f"{result['torch_threads']} threads; medians of {result['rounds']} interleaved rounds.",
-        "",
-        tabulate(
-            layer_rows,
-            headers=[
-                "layer",
-                "trainable",
-                "fwd ms",
-                "fwd × base",
-                "fwd+bwd ms",
-                "fwd+bwd × base",
-                "merged fwd × base",
-                "peak MiB",
-                "largest MiB",
-            ],
-            tablefmt="github",
-            disable_numparse=True,
-        ),  # fmt: skip
-    ]
-    if step_rows:
-        lines += [
-            "",
-            "Train step of the tiny model (batch 16 × 64 tokens, AdamW); base = frozen-base step.",
-            "",
-            tabulate(
-                step_rows,
-                headers=["method", "trainable", "step ms", "× frozen base", "× lora"],
-                tablefmt="github",
-                disable_numparse=True,
-            ),  # fmt: skip
-        ]
-    if target_rows:
-        lines += [
-            "",
-            tabulate(
-                target_rows,
-                headers=["target", "worst", "ratio", ""],
-                tablefmt="github",
-                disable_numparse=True,
-            ),  # fmt: skip
-        ]
-    return "\n".join(lines)
