@@ -130,23 +130,23 @@ def _saved(tmp_path, name: str, **changes) -> Path:
     [
         (None, ["nothing.json"], "run 'nothing.json': no such record file or adapter folder; "
          "give RESULTS/runs/<run_id>.json, or the run id with --results RESULTS"),
-        ("lora-seed0-0562df8e.json", ["lora-seed0-xxxxxxxx", "--results", "{results}"],
+        ("lora-lr0.003-seed0-308b0b34.json", ["lora-seed0-xxxxxxxx", "--results", "{results}"],
          "run 'lora-seed0-xxxxxxxx': no record {results}/runs/lora-seed0-xxxxxxxx.json"),
-        ("full-seed0-f36166eb.json", ["{path}"],
-         "run full-seed0-f36166eb: full fine-tuning; its weights are not saved"),
-        ("lora-seed0-0562df8e.json", ["{path}", "--limit", "0"],
+        ("full-lr0.001-seed0-00d89320.json", ["{path}"],
+         "run full-lr0.001-seed0-00d89320: full fine-tuning; its weights are not saved"),
+        ("lora-lr0.003-seed0-308b0b34.json", ["{path}", "--limit", "0"],
          "limit: expected an integer >= 1, got 0"),
-        ("lora-seed0-0562df8e.json", ["{path}", "--num-fewshot", "-1"],
+        ("lora-lr0.003-seed0-308b0b34.json", ["{path}", "--num-fewshot", "-1"],
          "num_fewshot: expected an integer >= 0, got -1"),
-        ("lora-seed0-0562df8e.json", ["{path}"],
-         "run lora-seed0-0562df8e: its record does not say where its tasks_dir 'tasks' is "
+        ("lora-lr0.003-seed0-308b0b34.json", ["{path}"],
+         "run lora-lr0.003-seed0-308b0b34: its record does not say where its tasks_dir 'tasks' is "
          "(recorded before env.suite_root); give the tasks folder (--tasks-dir)"),
-        ("lora-seed0-0562df8e.json", ["{path}", "--tasks-dir", "{results}/gone"],
-         "run lora-seed0-0562df8e: {results}/gone: no tasks (expected <task>/<task>.yaml "
+        ("lora-lr0.003-seed0-308b0b34.json", ["{path}", "--tasks-dir", "{results}/gone"],
+         "run lora-lr0.003-seed0-308b0b34: {results}/gone: no tasks (expected <task>/<task>.yaml "
          "folders)"),
-        ("lora-seed0-0562df8e.json", ["{path}", "--tasks", "lb_nope", "--tasks-dir",
+        ("lora-lr0.003-seed0-308b0b34.json", ["{path}", "--tasks", "lb_nope", "--tasks-dir",
                                       str(Path(__file__).parents[1] / "suites" / "tasks")],
-         "run lora-seed0-0562df8e: unknown task(s) lb_nope in "),
+         "run lora-lr0.003-seed0-308b0b34: unknown task(s) lb_nope in "),
     ],
 )  # fmt: skip
 def test_eval_of_a_run_it_cannot_load_is_a_one_line_error(capsys, tmp_path, record, argv, message):
@@ -160,7 +160,10 @@ def test_eval_of_a_run_it_cannot_load_is_a_one_line_error(capsys, tmp_path, reco
 
 
 def test_eval_of_an_unfinished_run_says_its_status(capsys, tmp_path):
-    path = _saved(tmp_path, "lora-seed0-0562df8e.json", status="failed", error="boom")
+    path = _saved(tmp_path, "lora-lr0.003-seed0-308b0b34.json", status="failed", error="boom")
     code, _, err = run(capsys, "eval", str(path), "--tasks-dir", str(tmp_path))
     assert code == 2
-    assert err == "lorabench: error: run lora-seed0-0562df8e: status failed; it saved no adapter\n"
+    assert (
+        err
+        == "lorabench: error: run lora-lr0.003-seed0-308b0b34: status failed; it saved no adapter\n"
+    )
