@@ -3,6 +3,14 @@ report file written beside the JSON (regenerated from the JSON alone, byte for b
 
 from __future__ import annotations
 
+#: table order (the JSON's keys are sorted): the references first, then the in-tree methods
+ORDER = ("base", "peft-lora", "lora", "mora", "melora", "moe-lora", "moe-lora-top2", "mor")
+
+
+def ordered(rows: dict[str, dict]) -> list[tuple[str, dict]]:
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0]))
+
 
 def render(result: dict) -> str:
     """The ratio tables and the targets, as markdown (what the CLI prints)."""
@@ -18,7 +26,7 @@ def render(result: dict) -> str:
             f"{row['train_ms']:.1f}", x(row["train_x_base"]), x(row.get("merged_x_base")),
             f"{row['peak_mb']:.1f}", f"{row['largest_mb']:.1f}",
         ]
-        for name, row in result["layers"].items()
+        for name, row in ordered(result["layers"])
     ]  # fmt: skip
     floor_rows = [
         [
@@ -26,7 +34,7 @@ def render(result: dict) -> str:
             f"{row['train_extra_flops'] / 1e6:,.0f}", f"{row['forward_floor_ms']:.1f}",
             x(row["forward_x_floor"]), f"{row['train_floor_ms']:.1f}", x(row["train_x_floor"]),
         ]
-        for name, row in result["layers"].items()
+        for name, row in ordered(result["layers"])
         if "train_flops" in row
     ]  # fmt: skip
     has_floor = all("flops" in row for row in result["train_step"].values())
@@ -39,7 +47,7 @@ def render(result: dict) -> str:
             x(row.get("x_lora")),
             *([f"{row['flops'] / 1e9:.2f}", x(row["step_x_floor"])] if has_floor else []),
         ]
-        for name, row in result["train_step"].items()
+        for name, row in ordered(result["train_step"])
     ]
     target_rows = [
         [t["target"], t["worst"], f"{t['ratio']:.3f}", "met" if t["met"] else "missed"]
