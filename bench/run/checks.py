@@ -4,7 +4,8 @@
 is a one-line :class:`~lorabench.errors.ConfigError` naming the suite file:
 
 - seeds: none, or one given twice (it would train the same run twice);
-- the device: ``cuda`` (or ``cuda:N``) where torch sees no such CUDA device;
+- the device: ``cuda`` (or ``cuda:N``) where torch sees no such CUDA device, and
+  ``precision = "bf16"`` on a GPU without bf16 arithmetic;
 - the model: a local model folder that does not exist (a name that is no built-in, no
   existing path and no hub id ``name`` / ``org/name``);
 - tasks: a ``tasks_dir`` that is missing or no lorabench tasks folder, task names it does not
@@ -56,6 +57,9 @@ def check_plan(
     else:
         check_device(s.device, f"{where}: [suite].device")
     check_model(s.model, where)
+    trained = [entry for entry in entries if entry.name != "base"]
+    precisions = {entry.train.get("precision", suite.train.precision) for entry in trained}
+    check_precision(precisions, device or s.device, where)
     tasks, tasks_dir = check_tasks(suite, trust_suite_code)
     rows = training_rows(s.train_data, tasks, tasks_dir, where)
     if rows is None:
@@ -73,6 +77,19 @@ def check_plan(
                 f"{where}: method '{entry.label}': batch_size={max(too_big)} is larger than the "
                 f"{rows} training examples of train_data; lower [train].batch_size"
             )
+
+
+def check_precision(precisions: set[str], device: str, where: str) -> None:
+    """bf16 autocast on CUDA needs a GPU with bf16 arithmetic (Ampere or newer)."""
+    if "bf16" not in precisions or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(torch.device(device))
+        raise ConfigError(
+            f"{where}: [train].precision: bf16, but {name} has no bf16 support; use fp16"
+        )
 
 
 def check_seeds(seeds: list[int], where: str) -> None:
