@@ -30,6 +30,7 @@ class Launcher(Protocol):
         command: str | None = None,
         progress: bool = True,
         on_record: Callable[[dict], None] | None = None,
+        tracker: str | None = None,
     ) -> SuiteOutcome: ...
 
 

@@ -144,10 +144,13 @@ def run_suite(
     command: str | None = None,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    tracker: str | None = None,
 ) -> SuiteOutcome:
     """Execute ``runs`` (each in a child process), skipping the ones already recorded.
 
-    Raises :class:`Interrupted` on Ctrl-C, after stopping the worker.
+    ``tracker`` (``tensorboard``) makes each worker log its training scalars
+    (``lorabench.run.tracking``). Raises :class:`Interrupted` on Ctrl-C, after stopping the
+    worker.
     """
     out_dir = Path(out_dir)
     todo, outcome = prepare(runs, out_dir, retry_failed)
@@ -172,7 +175,7 @@ def run_suite(
                     outcome.skipped.append(done)
                     continue
                 current = run
-                record = spawn(run, suite, out_dir, command, progress)
+                record = spawn(run, suite, out_dir, command, progress, tracker=tracker)
                 current = None
             finish(record, outcome, on_record)
     except KeyboardInterrupt:
@@ -305,7 +308,14 @@ def _die_with_parent() -> None:
 # ---- one run ---------------------------------------------------------------------------------
 
 
-def spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progress: bool) -> dict:
+def spawn(
+    run: RunSpec,
+    suite: Suite,
+    out_dir: Path,
+    command: str | None,
+    progress: bool,
+    tracker: str | None = None,
+) -> dict:
     """Run ``run`` in a child process; its record (a crash record if it wrote none).
 
     KeyboardInterrupt stops the child (SIGINT, then SIGKILL after ``STOP_GRACE_S``) and
@@ -320,6 +330,7 @@ def spawn(run: RunSpec, suite: Suite, out_dir: Path, command: str | None, progre
         "out_dir": str(out_dir.resolve()),
         "command": command,
         "progress": progress,
+        "tracker": tracker,
     }
     job_file = _write_job(job_path(out_dir, run), job)
     log_path = _log_file(out_dir / "logs" / f"{run.run_id}.log")

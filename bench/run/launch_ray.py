@@ -60,6 +60,7 @@ def run_suite_ray(
     command: str | None = None,
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
+    tracker: str | None = None,
 ) -> SuiteOutcome:
     """Like `lorabench.run.launch_local.run_suite`, with each run a Ray task on ``address`` (None: local)."""
     ray = import_ray()
@@ -77,8 +78,9 @@ def run_suite_ray(
         return outcome
     try:
         return _run_on_ray(
-            ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks
-        )
+            ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks,
+            tracker,
+        )  # fmt: skip
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(runs, out_dir, outcome, None)) from None
     finally:
@@ -86,7 +88,9 @@ def run_suite_ray(
             lock.release()
 
 
-def _run_on_ray(ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks):
+def _run_on_ray(
+    ray, suite, todo, out_dir, address, command, progress, on_record, outcome, locks, tracker
+):
     started_here = not ray.is_initialized()
     if started_here:
         log.info("connecting to Ray at %s", address or "a new local instance")
@@ -99,7 +103,8 @@ def _run_on_ray(ray, suite, todo, out_dir, address, command, progress, on_record
             cuda = str(run.config["device"]).startswith("cuda")
             options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(cpus)}}
-            pending[task.options(**options).remote(run, suite, str(out_dir), command)] = run
+            ref = task.options(**options).remote(run, suite, str(out_dir), command, tracker)
+            pending[ref] = run
         bar = tqdm(
             total=len(todo), desc=f"suite {suite.settings.name} (ray)", unit="run",
             disable=not progress, dynamic_ncols=True,
@@ -123,6 +128,8 @@ def _run_on_ray(ray, suite, todo, out_dir, address, command, progress, on_record
     return outcome
 
 
-def _run_task(run: RunSpec, suite: Suite, out_dir: str, command: str | None) -> dict:
+def _run_task(
+    run: RunSpec, suite: Suite, out_dir: str, command: str | None, tracker: str | None = None
+) -> dict:
     """On a Ray worker: the ordinary worker process for one run; its record."""
-    return spawn(run, suite, Path(out_dir), command, progress=False)
+    return spawn(run, suite, Path(out_dir), command, progress=False, tracker=tracker)

@@ -33,7 +33,8 @@ def _now() -> str:
 
 
 def execute(job: dict) -> dict:
-    """Run ``job`` (keys: run_id, config, record_path, suite_root, out_dir, command); return the record."""
+    """Run ``job`` (keys: run_id, config, record_path, suite_root, out_dir, command, and
+    optionally tracker); return the record."""
     from lorabench.train import NaNLossError
 
     config = job["config"]
@@ -45,8 +46,9 @@ def execute(job: dict) -> dict:
 
         record["env"]["model"] = model_source(config["model"])
         record["metrics"] = measure_run(
-            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"], env=record["env"]
-        )
+            config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"],
+            env=record["env"], tracker=job.get("tracker"),
+        )  # fmt: skip
         record["status"] = "ok"
     except NaNLossError as exc:
         record.update(status="nan", error=str(exc))
@@ -68,42 +70,35 @@ def measure_run(
     run_id: str,
     progress: bool = True,
     env: dict | None = None,
+    tracker: str | None = None,
 ) -> dict:
     """Load → inject → train → time → evaluate one run; its metrics.
 
     ``env`` (the record's environment) receives ``base_weights_sha256``, the checksum of
-    the loaded base model taken before anything is injected.
+    the loaded base model taken before anything is injected. ``tracker`` (``tensorboard``)
+    also writes the training scalars to ``<out_dir>/tensorboard/<run_id>``.
     """
     from lorabench.api.inject import count_parameters, inject, save_adapter
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
-    from lorabench.records import is_contended
-    from lorabench.run.evaluate import evaluate
-    from lorabench.run.measure import (
-        MemoryMeter,
-        MergeState,
-        adapters_bypassed,
-        interleaved_latency,
-        latency_batch,
-        state_dict_sha256,
-    )
+    from lorabench.run.measure import MemoryMeter, latency_batch, state_dict_sha256
+    from lorabench.run.tracking import run_log_dir
     from lorabench.tasks import synthetic as task_data
-    from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
-    from lorabench.train import TrainConfig, train
+    from lorabench.train import TrainConfig, autocast_for
 
     seed, method, ev = config["seed"], config["method"], config["eval"]
     device = torch.device(config["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device is cuda, but torch sees no CUDA device")
+    train_cfg = TrainConfig(**config["train"])
     torch.manual_seed(seed)
     model, tokenizer = load_pretrained(config["model"], config["dtype"], str(device))
     if env is not None:
         env["base_weights_sha256"] = state_dict_sha256(model)
     meter = MemoryMeter(device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
+    # latency and evaluation run under the training's autocast (none for fp32)
+    autocast = autocast_for(train_cfg.precision, device)
     metrics: dict = {
         "memory_note": "CUDA: peaks above the loaded model"
         if meter.cuda
@@ -135,33 +130,72 @@ def measure_run(
         trainable_percent=100.0 * (trainable if method != "base" else 0) / base_params,
         budget=config.get("budget"),
     )
-
     if method != "base":
-        train_cfg = TrainConfig(**config["train"])
-        pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
-        examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
-        with meter.phase("train"):
-            result = train(
-                model, examples, train_cfg, seed=seed, device=device,
-                pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
-                fault=config.get("inject_fault"), progress=progress,
-            )  # fmt: skip
+        log_dir = run_log_dir(out_dir, run_id)
         metrics.update(
-            train_examples=len(examples),
-            train_tokens=result.tokens,
-            train_tokens_per_s=result.tokens_per_s,
-            train_tokens_per_s_windows=result.tokens_per_s_windows,
-            train_time_s=result.train_time_s,
-            cpu_utilisation=result.cpu_utilisation,
-            cpu_wait_fraction=result.cpu_wait_fraction,
-            loss_curve=result.loss_curve,
-            aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
-            final_loss=result.loss_curve[-1],
-        )
-        if device.type == "cpu" and result.cpu_utilisation is not None:
-            metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
+            train_run(model, tokenizer, config, train_cfg, tasks, tasks_dir, meter=meter,
+                      progress=progress, tracker=tracker, log_dir=log_dir)
+        )  # fmt: skip
+    metrics.update(latency_metrics(model, method, mergeable, ids, ev, autocast))
+    with meter.phase("eval"):
+        if heldout:
+            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        metrics.update(eval_metrics(model, tokenizer, config, tasks, tasks_dir, autocast, progress))
+    if method not in ("base", "full"):
+        weights = save_adapter(model, out_dir / "adapters" / run_id)
+        metrics["adapter_bytes"] = weights.stat().st_size
+    metrics["memory"] = meter.report()
+    return metrics
 
-    # Latency: the base model (adapters bypassed) and each adapted state, interleaved.
+
+def train_run(
+    model, tokenizer, config, train_cfg, tasks, tasks_dir, *, meter, progress, tracker, log_dir
+) -> dict:
+    """Train the injected model on the run's training data (``meter``'s ``train`` phase:
+    the loop only); the training metrics."""
+    from lorabench.records import is_contended
+    from lorabench.run.tracking import scalar_sink
+    from lorabench.tasks.train_data import load_train_pairs, load_validation_pairs, tokenize_pairs
+    from lorabench.train import train
+
+    seed, device = config["seed"], torch.device(config["device"])
+    chat, max_length = config["chat_template"], train_cfg.max_length
+    pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
+    examples = tokenize_pairs(tokenizer, pairs, max_length, chat)
+    val_examples = None
+    if train_cfg.eval_every:  # plan() made sure every task has a validation split
+        val_pairs = load_validation_pairs(tasks, tasks_dir)
+        val_examples = tokenize_pairs(tokenizer, val_pairs, max_length, chat)
+    with scalar_sink(tracker, log_dir) as on_scalars, meter.phase("train"):
+        result = train(
+            model, examples, train_cfg, seed=seed, device=device,
+            pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
+            fault=config.get("inject_fault"), progress=progress,
+            val_examples=val_examples, on_scalars=on_scalars,
+        )  # fmt: skip
+    metrics = dict(
+        train_examples=len(examples),
+        train_tokens=result.tokens,
+        train_tokens_per_s=result.tokens_per_s,
+        train_tokens_per_s_windows=result.tokens_per_s_windows,
+        train_time_s=result.train_time_s,
+        cpu_utilisation=result.cpu_utilisation,
+        cpu_wait_fraction=result.cpu_wait_fraction,
+        loss_curve=result.loss_curve,
+        aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
+        final_loss=result.loss_curve[-1],
+    )
+    if val_examples is not None:
+        metrics.update(val_loss_curve=result.val_loss_curve, val_examples=len(val_examples))
+    if device.type == "cpu" and result.cpu_utilisation is not None:
+        metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
+    return metrics
+
+
+def latency_metrics(model, method: str, mergeable: bool, ids, ev: dict, autocast) -> dict:
+    """Forward latency of the base model (adapters bypassed) and each adapted state, interleaved."""
+    from lorabench.run.measure import MergeState, adapters_bypassed, interleaved_latency
+
     variants: dict = {
         "base": (lambda: adapters_bypassed(model)) if method != "base" else nullcontext
     }
@@ -176,42 +210,44 @@ def measure_run(
         finally:
             if merge_state:
                 merge_state.restore()  # exactly the trained weights again, for evaluation
-    metrics["latency_samples_ms"] = samples
-    metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
+    return {
+        "latency_samples_ms": samples,
+        "latency_ms": {name: statistics.median(times) for name, times in samples.items()},
+    }
 
+
+def eval_metrics(model, tokenizer, config, tasks, tasks_dir, autocast, progress) -> dict:
+    """lm-eval scores on the test (and validation) splits, and routing diagnostics."""
+    from lorabench.run.evaluate import evaluate
+    from lorabench.tasks import synthetic as task_data
+
+    ev = config["eval"]
     include = task_data.prepare_task_folder(tasks_dir) if tasks_dir else None
     options = dict(
         include_path=include, batch_size=ev["batch_size"], limit=ev["limit"],
         num_fewshot=ev["num_fewshot"], chat_template=config["chat_template"], progress=progress,
     )  # fmt: skip
-    with meter.phase("eval"):
-        if heldout:
-            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
-        validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
-        splits = ("test", "validation") if validation else ("test",)
-        with autocast:
-            scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
-        metrics["eval"] = scored["test"]
-        if validation:
-            metrics["validation"] = {
-                k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
-            }
-        metrics["accuracy"] = metrics["eval"]["macro_avg"]
-        if tasks_dir is not None:
-            from lorabench.run.diagnostics import routing_diagnostics
+    validation = tasks_dir is not None and task_data.has_validation(tasks_dir, tasks)
+    splits = ("test", "validation") if validation else ("test",)
+    with autocast:
+        scored = evaluate(model, tokenizer, tasks, splits=splits, **options)
+    metrics: dict = {"eval": scored["test"]}
+    if validation:
+        metrics["validation"] = {
+            k: scored["validation"][k] for k in ("per_task", "macro_avg", "metric")
+        }
+    metrics["accuracy"] = metrics["eval"]["macro_avg"]
+    if tasks_dir is not None:
+        from lorabench.run.diagnostics import routing_diagnostics
 
-            prompts = {
-                t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
-                for t in tasks
-            }
-            with autocast:
-                routing = routing_diagnostics(model, tokenizer, prompts)
-            if routing is not None:
-                metrics["routing"] = routing
-    if method not in ("base", "full"):
-        weights = save_adapter(model, out_dir / "adapters" / run_id)
-        metrics["adapter_bytes"] = weights.stat().st_size
-    metrics["memory"] = meter.report()
+        prompts = {
+            t: [row["prompt"] for row in task_data.load_split(tasks_dir, t, "test")[:64]]
+            for t in tasks
+        }
+        with autocast:
+            routing = routing_diagnostics(model, tokenizer, prompts)
+        if routing is not None:
+            metrics["routing"] = routing
     return metrics
 
 
