@@ -111,10 +111,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from lorabench.run.launch import make_launcher
     from lorabench.run.protocol import run_protocol, split_stages
     from lorabench.run.suite import load_suite, plan
+    from lorabench.run.tracking import check_tracker
 
     if args.address and not args.ray:
         raise ConfigError("--address is the Ray cluster to run on; it needs --ray")
     seeds = _parse_seeds(args.seeds)
+    check_tracker(args.log)  # a missing TensorBoard is a one-line error before anything runs
     launcher = make_launcher(ray=args.ray, address=args.address)
     suite = load_suite(args.suite)
     out = Path(args.out) if args.out else Path("results") / suite.settings.name
@@ -144,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = "lorabench " + " ".join(args.argv)
     options = dict(
         retry_failed=args.retry_failed, command=command, progress=not args.no_progress,
-        log_samples=args.log_samples,
+        log_samples=args.log_samples, tracker=args.log,
     )  # fmt: skip
     outcome = run_protocol(launcher, suite, runs, out, **options)
     rows = []
@@ -327,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray", action="store_true", help="run each run as a Ray task (pip install lorabench[ray])"
     )
     p.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+    p.add_argument(
+        "--log",
+        choices=["tensorboard"],
+        help="write each run's training scalars to OUT/tensorboard/<run id> "
+        '(pip install "lorabench[tensorboard]")',
+    )
     p.add_argument(
         "--trust-suite-code",
         action="store_true",

@@ -17,7 +17,8 @@ from lorabench.run.measure import (
     interleaved_latency,
     state_dict_sha256,
 )
-from lorabench.train import TrainConfig, throughput_windows
+from lorabench.throughput import throughput_windows
+from lorabench.train import TrainConfig
 
 
 def _touch(mb: int, hold_s: float = 0.05) -> None:

@@ -168,7 +168,7 @@ def stub_worker(monkeypatch):
     """Replace the worker process: each run writes an ok record with fixed scores per lr."""
     spawned = []
 
-    def spawn(run, suite, out_dir, command, progress, log_samples=False):
+    def spawn(run, suite, out_dir, command, progress, log_samples=False, tracker=None):
         spawned.append(run.run_id)
         lr = run.config["train"]["lr"]
         record = new_record(run.run_id, run.config, command)
@@ -236,7 +236,7 @@ def test_a_method_whose_points_all_fail_gets_no_stage_two(tmp_path, stub_worker,
     runs = plan(suite, methods=["full"])
     real_spawn = launch_local.spawn
 
-    def failing(run, suite, out_dir, command, progress, log_samples=False):
+    def failing(run, suite, out_dir, command, progress, log_samples=False, tracker=None):
         record = real_spawn(run, suite, out_dir, command, progress, log_samples=log_samples)
         record.update(status="nan", error="loss is nan at step 2", metrics={})
         write_json_atomic(launch_local.record_path(out_dir, run), record)

@@ -101,6 +101,62 @@ def accuracy_scatter(report: ReportData, column: str, xlabel: str, log_x: bool) 
     return fig
 
 
+def _val_curve(runs: list[dict]) -> tuple[list[float], list[float]] | None:
+    """(steps, mean validation loss over the runs) of ``metrics.val_loss_curve``; only the
+    runs measured at the first run's steps are averaged. None when no run has one."""
+    curves = [
+        r["metrics"]["val_loss_curve"]
+        for r in runs
+        if isinstance(r["metrics"].get("val_loss_curve"), list) and r["metrics"]["val_loss_curve"]
+    ]
+    if not curves:
+        return None
+    steps = [num(step) for step, _ in curves[0]]
+    same = [c for c in curves if [num(step) for step, _ in c] == steps]
+    losses = [sum(num(c[i][1]) for c in same) / len(same) for i in range(len(steps))]
+    return steps, losses
+
+
+def loss_curve_figure(report: ReportData) -> Any:
+    """Training loss per step (mean over seeds, smoothed), and the validation loss (dashed,
+    mean over seeds) where runs measured it (``[train] eval_every``), one colour per label."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    drawn = validated = False
+    for i, label in enumerate(report.labels):
+        runs = report.ok_runs[label]
+        color, style = f"C{i % 10}", LINESTYLES[(i // 10) % len(LINESTYLES)]
+        curves = [
+            [num(x) for x in r["metrics"]["loss_curve"]]
+            for r in runs
+            if isinstance(r["metrics"].get("loss_curve"), list) and r["metrics"]["loss_curve"]
+        ]
+        if curves:
+            mean = np.nanmean(np.array([c[: min(map(len, curves))] for c in curves]), axis=0)
+            window = max(1, len(mean) // 50)
+            smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
+            x = np.arange(len(smooth)) + (window - 1) / 2
+            # beyond 10 labels the colours repeat, so the line style changes
+            ax.plot(x, smooth, label=label, color=color, ls=style, lw=1)
+            drawn = True
+        val = _val_curve(runs)
+        if val is not None:
+            # the loss after step s sits at index s of the training curve (step s + 1's loss)
+            ax.plot(*val, color=color, ls="--", marker="o", ms=3, lw=1)
+            validated = True
+    if validated:
+        ax.plot([], [], color="grey", ls="--", marker="o", ms=3, lw=1, label="validation loss")
+    if drawn or validated:
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax)
+    label = "loss (training smoothed; validation dashed)" if validated else None
+    ax.set(xlabel="step", ylabel=label or "training loss (smoothed)")
+    return fig
+
+
 def write_plots(report: ReportData, out: Path) -> list[Path]:
     """accuracy_vs_params, accuracy_vs_memory, per_task_accuracy, loss_curves (+ routing, sweeps)."""
     import matplotlib
@@ -153,34 +209,7 @@ def write_plots(report: ReportData, out: Path) -> list[Path]:
     ax.set(ylabel="accuracy %")
     save(fig, "per_task_accuracy.png")
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    drawn = False
-    for i, label in enumerate(labels):
-        curves = [
-            [num(x) for x in r["metrics"]["loss_curve"]]
-            for r in report.ok_runs[label]
-            if isinstance(r["metrics"].get("loss_curve"), list) and r["metrics"]["loss_curve"]
-        ]
-        if not curves:
-            continue
-        mean = np.nanmean(np.array([c[: min(map(len, curves))] for c in curves]), axis=0)
-        window = max(1, len(mean) // 50)
-        smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
-        ax.plot(
-            np.arange(len(smooth)) + (window - 1) / 2,
-            smooth,
-            label=label,
-            color=f"C{i % 10}",
-            ls=LINESTYLES[(i // 10) % len(LINESTYLES)],  # beyond 10 labels the colours repeat
-            lw=1,
-        )
-        drawn = True
-    if drawn:
-        ax.legend(fontsize=7)
-    else:
-        _no_data(ax)
-    ax.set(xlabel="step", ylabel="training loss (smoothed)")
-    save(fig, "loss_curves.png")
+    save(loss_curve_figure(report), "loss_curves.png")
 
     routed = [(lb, r) for lb, r in report.routing.items() if r is not None]
     if routed:

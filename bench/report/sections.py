@@ -507,10 +507,19 @@ def setup(data: ReportData) -> list[str]:
                 md_cell(", ".join(settings) or "—"),
                 knob,
                 f"{fmt(reached, ',.0f')} / {fmt(target, ',.0f')}" if budget else NA,
-                *(str(train.get(key, NA)) for key in ("steps", "batch_size", "lr", "schedule")),
+                # a run given epochs has steps = None; its steps are len(loss_curve)
+                train_steps(train),
+                *(str(train.get(key, NA)) for key in ("batch_size", "lr", "schedule")),
             ]
         )
     return [*lines, "", md_table(SETUP_HEADERS, rows), ""]
+
+
+def train_steps(train: dict) -> str:
+    """The setup table's steps cell: ``steps``, or ``epochs`` where a run was given those."""
+    if train.get("steps") is None and train.get("epochs") is not None:
+        return f"{train['epochs']:g} epochs"
+    return str(train.get("steps", NA))
 
 
 def failures(data: ReportData) -> list[str]:

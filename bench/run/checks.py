@@ -4,7 +4,8 @@
 is a one-line :class:`~lorabench.errors.ConfigError` naming the suite file:
 
 - seeds: none, or one given twice (it would train the same run twice);
-- the device: ``cuda`` (or ``cuda:N``) where torch sees no such CUDA device;
+- the device: ``cuda`` (or ``cuda:N``) where torch sees no such CUDA device, and
+  ``precision = "bf16"`` on a GPU without bf16 arithmetic;
 - the model: a local model folder that does not exist (a name that is no built-in, no
   existing path and no hub id ``name`` / ``org/name``);
 - tasks: a ``tasks_dir`` that is missing or no lorabench tasks folder, task names it does not
@@ -57,6 +58,9 @@ def check_plan(
     else:
         check_device(s.device, f"{where}: [suite].device")
     check_model(s.model, where)
+    trained = [entry for entry in entries if entry.name != "base"]
+    precisions = {entry.train.get("precision", suite.train.precision) for entry in trained}
+    check_precision(precisions, device or s.device, where)
     if is_task_source(s.tasks_dir):
         tasks, source = check_task_source(suite)
         rows = None
@@ -93,6 +97,19 @@ def check_primary(primary: dict[str, str] | None, tasks: list[str], where: str) 
         raise ConfigError(
             f"{where}: [eval].primary names task(s) {', '.join(unknown)} that the suite does "
             f"not evaluate; its tasks: {', '.join(tasks)}"
+        )
+
+
+def check_precision(precisions: set[str], device: str, where: str) -> None:
+    """bf16 autocast on CUDA needs a GPU with bf16 arithmetic (Ampere or newer)."""
+    if "bf16" not in precisions or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(torch.device(device))
+        raise ConfigError(
+            f"{where}: [train].precision: bf16, but {name} has no bf16 support; use fp16"
         )
 
 

@@ -31,6 +31,7 @@ class Launcher(Protocol):
         progress: bool = True,
         on_record: Callable[[dict], None] | None = None,
         log_samples: bool = False,
+        tracker: str | None = None,
     ) -> SuiteOutcome: ...
 
 

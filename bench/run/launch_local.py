@@ -145,10 +145,13 @@ def run_suite(
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     log_samples: bool = False,
+    tracker: str | None = None,
 ) -> SuiteOutcome:
     """Execute ``runs`` (each in a child process), skipping the ones already recorded.
 
-    Raises :class:`Interrupted` on Ctrl-C, after stopping the worker.
+    ``tracker`` (``tensorboard``) makes each worker log its training scalars
+    (``lorabench.run.tracking``). Raises :class:`Interrupted` on Ctrl-C, after stopping the
+    worker.
     """
     out_dir = Path(out_dir)
     todo, outcome = prepare(runs, out_dir, retry_failed)
@@ -173,7 +176,10 @@ def run_suite(
                     outcome.skipped.append(done)
                     continue
                 current = run
-                record = spawn(run, suite, out_dir, command, progress, log_samples=log_samples)
+                record = spawn(
+                    run, suite, out_dir, command, progress, log_samples=log_samples,
+                    tracker=tracker,
+                )  # fmt: skip
                 current = None
             finish(record, outcome, on_record)
     except KeyboardInterrupt:
@@ -313,6 +319,7 @@ def spawn(
     command: str | None,
     progress: bool,
     log_samples: bool = False,
+    tracker: str | None = None,
 ) -> dict:
     """Run ``run`` in a child process; its record (a crash record if it wrote none).
 
@@ -332,6 +339,7 @@ def spawn(
         "command": command,
         "progress": progress,
         "log_samples": log_samples,
+        "tracker": tracker,
     }
     job_file = _write_job(job_path(out_dir, run), job)
     log_path = _log_file(out_dir / "logs" / f"{run.run_id}.log")

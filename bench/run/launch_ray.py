@@ -61,6 +61,7 @@ def run_suite_ray(
     progress: bool = True,
     on_record: Callable[[dict], None] | None = None,
     log_samples: bool = False,
+    tracker: str | None = None,
 ) -> SuiteOutcome:
     """Like `lorabench.run.launch_local.run_suite`, with each run a Ray task on ``address`` (None: local)."""
     ray = import_ray()
@@ -78,8 +79,8 @@ def run_suite_ray(
         return outcome
     try:
         return _run_on_ray(
-            ray, suite, todo, out_dir, address, (command, log_samples), progress, on_record,
-            outcome, locks,
+            ray, suite, todo, out_dir, address, (command, log_samples, tracker), progress,
+            on_record, outcome, locks,
         )  # fmt: skip
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(runs, out_dir, outcome, None)) from None
@@ -89,7 +90,7 @@ def run_suite_ray(
 
 
 def _run_on_ray(ray, suite, todo, out_dir, address, job, progress, on_record, outcome, locks):
-    command, log_samples = job
+    command, log_samples, tracker = job
     started_here = not ray.is_initialized()
     if started_here:
         log.info("connecting to Ray at %s", address or "a new local instance")
@@ -102,7 +103,9 @@ def _run_on_ray(ray, suite, todo, out_dir, address, job, progress, on_record, ou
             cuda = str(run.config["device"]).startswith("cuda")
             options = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": cpus}
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(cpus)}}
-            ref = task.options(**options).remote(run, suite, str(out_dir), command, log_samples)
+            ref = task.options(**options).remote(
+                run, suite, str(out_dir), command, log_samples, tracker
+            )
             pending[ref] = run
         bar = tqdm(
             total=len(todo), desc=f"suite {suite.settings.name} (ray)", unit="run",
@@ -128,7 +131,15 @@ def _run_on_ray(ray, suite, todo, out_dir, address, job, progress, on_record, ou
 
 
 def _run_task(
-    run: RunSpec, suite: Suite, out_dir: str, command: str | None, log_samples: bool = False
+    run: RunSpec,
+    suite: Suite,
+    out_dir: str,
+    command: str | None,
+    log_samples: bool = False,
+    tracker: str | None = None,
 ) -> dict:
     """On a Ray worker: the ordinary worker process for one run; its record."""
-    return spawn(run, suite, Path(out_dir), command, progress=False, log_samples=log_samples)
+    return spawn(
+        run, suite, Path(out_dir), command, progress=False, log_samples=log_samples,
+        tracker=tracker,
+    )  # fmt: skip

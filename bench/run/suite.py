@@ -29,6 +29,8 @@ from lorabench.train import TrainConfig
 
 REFERENCE_ROWS = ("base", "full")  # no training / full fine-tuning: not plugins
 FAULTS = ("raise", "oom", "nan", "crash")
+# numeric [train] fields that cannot be a training grid, and why
+NOT_GRIDDED = {"eval_every": "how often the validation loss is measured is no hyperparameter"}
 
 
 @dataclass
@@ -214,27 +216,53 @@ def _dataclass_from(cls, table: Any, where: str, name: str):
 
 
 def _split_grid(table: Any, where: str, name: str) -> tuple[Any, dict[str, list]]:
-    """A train table → (its scalar settings, its lists): lists only for numeric fields."""
+    """A train table → (its scalar settings, its lists): lists only for numeric fields.
+
+    A list-typed field (``betas``) is a scalar setting, not a grid.
+    """
     if not isinstance(table, dict):
         return table, {}  # _dataclass_from says what is wrong
     hints = typing.get_type_hints(TrainConfig)
     scalars, grid = {}, {}
     for key, value in table.items():
-        if not isinstance(value, list) or key not in hints:
+        if not isinstance(value, list) or key not in hints or typing.get_origin(hints[key]) is list:
             scalars[key] = value
             continue
-        if hints[key] not in (int, float):
+        numeric = _numeric_type(hints[key])
+        if numeric is None:
             raise ConfigError(
                 f"{where}: {name}.{key}: a list (a grid to select on validation) is allowed "
                 f"for numeric fields only, got {value!r}"
             )
+        if key in NOT_GRIDDED:
+            raise ConfigError(
+                f"{where}: {name}.{key}: {NOT_GRIDDED[key]}; give one value, got {value!r}"
+            )
         if not value:
             raise ConfigError(f"{where}: {name}.{key}: a grid needs at least one value")
-        values = [coerce(v, hints[key], f"{where}: {name}.{key}") for v in value]
+        values = [coerce(v, numeric, f"{where}: {name}.{key}") for v in value]
         if len(set(values)) < len(values):
             raise ConfigError(f"{where}: {name}.{key}: the grid repeats a value: {value!r}")
         grid[key] = values
     return scalars, grid
+
+
+def _numeric_type(hint: Any) -> type | None:
+    """``int`` or ``float`` for a numeric annotation (``int | None`` included), else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def merge_train(*tables: dict) -> dict:
+    """Train settings, later tables overriding earlier ones. ``steps`` and ``epochs`` are
+    alternatives: a table that sets one of them unsets the other from earlier tables."""
+    merged: dict = {}
+    for table in tables:
+        for key, other in (("steps", "epochs"), ("epochs", "steps")):
+            if table.get(key) is not None and other not in table:
+                merged[other] = None
+        merged.update(table)
+    return merged
 
 
 def grid_points(grid: dict[str, list]) -> list[dict]:
@@ -276,9 +304,9 @@ def _method_entries(
     grid = {k: v for k, v in train_grid.items() if k not in own} | own_grid
     if method == "base":  # no training: nothing to select
         grid = {}
-    merged = {**dataclasses.asdict(train), **(overrides if isinstance(overrides, dict) else {})}
     for point in grid_points(grid):
-        _dataclass_from(TrainConfig, {**merged, **point}, where, f"{name}.train")
+        table = merge_train(dataclasses.asdict(train), own, point)
+        _dataclass_from(TrainConfig, table, where, f"{name}.train")
     fault = entry.get("inject_fault")
     if fault is not None and fault not in FAULTS:
         raise ConfigError(
@@ -419,7 +447,18 @@ def plan(
             f"{where}: param_budget needs the config of model '{s.model}', which is not available offline"
         )
     if any(entry.train_grid for entry in entries):
-        _check_validation_splits(suite, where)
+        _check_validation_splits(
+            suite, where, "a [train] list is a grid selected on validation splits"
+        )
+    if any(_entry_train(suite, entry).eval_every for entry in entries if entry.name != "base"):
+        from lorabench.tasks import commonsense
+
+        if commonsense.is_task_source(s.tasks_dir):  # its validation parts are lm-eval docs
+            raise ConfigError(
+                f"{where}: [train].eval_every: not available with the built-in task source "
+                f"'{s.tasks_dir}' yet; leave it out"
+            )
+        _check_validation_splits(suite, where, "eval_every scores the validation splits")
     runs = []
     for entry in entries:
         method_config, budget = {}, None
@@ -450,9 +489,9 @@ def plan(
         for point, seed in itertools.product(
             grid_points(entry.train_grid), seeds[:1] if entry.name == "base" else seeds
         ):
-            train = dataclasses.asdict(
-                TrainConfig(**{**dataclasses.asdict(suite.train), **entry.train, **point})
-            )
+            train = TrainConfig(
+                **merge_train(dataclasses.asdict(suite.train), entry.train, point)
+            ).run_config(device or s.device)
             config = {
                 "suite": s.name,
                 "label": entry.label,
@@ -516,8 +555,14 @@ def _validate_on_meta(model: str, entry: MethodEntry, cfg, targets, where: str) 
         raise ConfigError(f"{where}: method '{entry.label}': {exc}") from exc
 
 
-def _check_validation_splits(suite: Suite, where: str) -> None:
-    """A training grid is selected on validation splits: every task must have one."""
+def _entry_train(suite: Suite, entry: MethodEntry) -> TrainConfig:
+    """The entry's train settings (its first grid point): what plan-time checks look at."""
+    point = grid_points(entry.train_grid)[0]
+    return TrainConfig(**merge_train(dataclasses.asdict(suite.train), entry.train, point))
+
+
+def _check_validation_splits(suite: Suite, where: str, why: str) -> None:
+    """A training grid and the validation loss need validation splits: every task one."""
     from lorabench.tasks import commonsense
     from lorabench.tasks import synthetic as task_data
 
@@ -526,8 +571,8 @@ def _check_validation_splits(suite: Suite, where: str) -> None:
         return  # every task of a built-in source has a validation part
     if s.tasks_dir is None:
         raise ConfigError(
-            f"{where}: a [train] list is a grid selected on validation splits, which needs "
-            "a tasks_dir with <task>/validation.jsonl; lm-eval's registry tasks have none here"
+            f"{where}: {why}, which needs a tasks_dir with <task>/validation.jsonl; "
+            "lm-eval's registry tasks have none here"
         )
     tasks_dir = suite.root / s.tasks_dir
     try:
@@ -536,8 +581,8 @@ def _check_validation_splits(suite: Suite, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from exc
     if not task_data.has_validation(tasks_dir, tasks):
         raise ConfigError(
-            f"{where}: a [train] list is a grid selected on validation splits, but some task "
-            f"in {tasks_dir} has no validation.jsonl (regenerate: lorabench make-tasks)"
+            f"{where}: {why}, but some task in {tasks_dir} has no validation.jsonl "
+            "(regenerate: lorabench make-tasks)"
         )
 
 

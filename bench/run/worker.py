@@ -34,7 +34,8 @@ def _now() -> str:
 
 
 def execute(job: dict) -> dict:
-    """Run ``job`` (keys: run_id, config, record_path, suite_root, out_dir, command); return the record."""
+    """Run ``job`` (keys: run_id, config, record_path, suite_root, out_dir, command, and
+    optionally log_samples and tracker); return the record."""
     from lorabench.train import NaNLossError
 
     config = job["config"]
@@ -52,6 +53,7 @@ def execute(job: dict) -> dict:
         record["metrics"] = measure_run(
             config, Path(job["suite_root"]), Path(job["out_dir"]), job["run_id"],
             env=record["env"], log_samples=job.get("log_samples", False),
+            tracker=job.get("tracker"),
         )  # fmt: skip
         record["status"] = "ok"
     except NaNLossError as exc:
@@ -75,6 +77,7 @@ def measure_run(
     progress: bool = True,
     env: dict | None = None,
     log_samples: bool = False,
+    tracker: str | None = None,
 ) -> dict:
     """Load → inject → train → time → evaluate one run; its metrics.
 
@@ -82,36 +85,30 @@ def measure_run(
     the loaded base model taken before anything is injected. The adapter goes to
     ``OUT/adapters/<run_id>/`` (and its ``peft/`` subfolder for peft-backed methods),
     lm-eval's output to ``OUT/lm_eval/<run_id>/`` (per-sample logs with ``log_samples``).
+    ``tracker`` (``tensorboard``) also writes the training scalars to
+    ``OUT/tensorboard/<run_id>``.
     """
     from lorabench.api.inject import count_parameters, inject
     from lorabench.api.registry import get_method
     from lorabench.models.tiny import HELDOUT_FILE, heldout_perplexity
     from lorabench.models.zoo import load_pretrained, model_path
-    from lorabench.records import is_contended
     from lorabench.run.evaluate import eval_inputs
-    from lorabench.run.measure import (
-        MemoryMeter,
-        MergeState,
-        adapters_bypassed,
-        interleaved_latency,
-        latency_batch,
-        state_dict_sha256,
-    )
-    from lorabench.tasks.train_data import load_train_pairs, tokenize_pairs
-    from lorabench.train import TrainConfig, train
+    from lorabench.run.measure import MemoryMeter, latency_batch, state_dict_sha256
+    from lorabench.run.tracking import run_log_dir
+    from lorabench.train import TrainConfig, autocast_for
 
     seed, method, ev = config["seed"], config["method"], config["eval"]
     device = torch.device(config["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device is cuda, but torch sees no CUDA device")
+    train_cfg = TrainConfig(**config["train"])
     torch.manual_seed(seed)
     model, tokenizer = load_pretrained(config["model"], config["dtype"], str(device))
     if env is not None:
         env["base_weights_sha256"] = state_dict_sha256(model)
     meter = MemoryMeter(device)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
+    # latency and evaluation run under the training's autocast (none for fp32)
+    autocast = autocast_for(train_cfg.precision, device)
     metrics: dict = {
         "memory_note": "CUDA: peaks above the loaded model"
         if meter.cuda
@@ -125,7 +122,6 @@ def measure_run(
         metrics["heldout_ppl_before"] = heldout_perplexity(model, tokenizer, heldout)
 
     inputs = eval_inputs(config, suite_root, progress=progress)
-    source, tasks_dir, tasks = inputs.source, inputs.tasks_dir, inputs.tasks
     mergeable = False
     if method == "full":
         model.requires_grad_(True)
@@ -143,34 +139,76 @@ def measure_run(
     )
 
     if method != "base":
-        train_cfg = TrainConfig(**config["train"])
-        if source is not None and config["train_data"] == "tasks":
-            pairs = source.train_pairs(tasks)  # rendered by lm-eval: train prompts = eval prompts
-        else:
-            pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
-        examples = tokenize_pairs(tokenizer, pairs, train_cfg.max_length, config["chat_template"])
-        with meter.phase("train"):
-            result = train(
-                model, examples, train_cfg, seed=seed, device=device,
-                pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
-                fault=config.get("inject_fault"), progress=progress,
-            )  # fmt: skip
         metrics.update(
-            train_examples=len(examples),
-            train_tokens=result.tokens,
-            train_tokens_per_s=result.tokens_per_s,
-            train_tokens_per_s_windows=result.tokens_per_s_windows,
-            train_time_s=result.train_time_s,
-            cpu_utilisation=result.cpu_utilisation,
-            cpu_wait_fraction=result.cpu_wait_fraction,
-            loss_curve=result.loss_curve,
-            aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
-            final_loss=result.loss_curve[-1],
-        )
-        if device.type == "cpu" and result.cpu_utilisation is not None:
-            metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
+            train_run(model, tokenizer, config, train_cfg, inputs, meter=meter,
+                      progress=progress, tracker=tracker, log_dir=run_log_dir(out_dir, run_id))
+        )  # fmt: skip
+    metrics.update(latency_metrics(model, method, mergeable, ids, ev, autocast))
+    with meter.phase("eval"):
+        if heldout:
+            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
+        with autocast:
+            metrics.update(
+                _score(model, tokenizer, inputs, out_dir / "lm_eval" / run_id, log_samples)
+            )
+    if method not in ("base", "full"):
+        metrics["adapter_bytes"] = _save_adapters(model, out_dir / "adapters" / run_id, config)
+    metrics["memory"] = meter.report()
+    return metrics
 
-    # Latency: the base model (adapters bypassed) and each adapted state, interleaved.
+
+def train_run(
+    model, tokenizer, config, train_cfg, inputs, *, meter, progress, tracker, log_dir
+) -> dict:
+    """Train the injected model on the run's training data (``meter``'s ``train`` phase:
+    the loop only); the training metrics."""
+    from lorabench.records import is_contended
+    from lorabench.run.tracking import scalar_sink
+    from lorabench.tasks.train_data import load_train_pairs, load_validation_pairs, tokenize_pairs
+    from lorabench.train import train
+
+    seed, device = config["seed"], torch.device(config["device"])
+    chat, max_length = config["chat_template"], train_cfg.max_length
+    source, tasks_dir, tasks = inputs.source, inputs.tasks_dir, inputs.tasks
+    if source is not None and config["train_data"] == "tasks":
+        pairs = source.train_pairs(tasks)  # rendered by lm-eval: train prompts = eval prompts
+    else:
+        pairs = load_train_pairs(config["train_data"], tasks, tasks_dir)
+    examples = tokenize_pairs(tokenizer, pairs, max_length, chat)
+    val_examples = None
+    if train_cfg.eval_every:  # plan() made sure every task has a validation split
+        val_pairs = load_validation_pairs(tasks, tasks_dir)
+        val_examples = tokenize_pairs(tokenizer, val_pairs, max_length, chat)
+    with scalar_sink(tracker, log_dir) as on_scalars, meter.phase("train"):
+        result = train(
+            model, examples, train_cfg, seed=seed, device=device,
+            pad_id=tokenizer.pad_token_id, desc=f"train {config['label']} s{seed}",
+            fault=config.get("inject_fault"), progress=progress,
+            val_examples=val_examples, on_scalars=on_scalars,
+        )  # fmt: skip
+    metrics = dict(
+        train_examples=len(examples),
+        train_tokens=result.tokens,
+        train_tokens_per_s=result.tokens_per_s,
+        train_tokens_per_s_windows=result.tokens_per_s_windows,
+        train_time_s=result.train_time_s,
+        cpu_utilisation=result.cpu_utilisation,
+        cpu_wait_fraction=result.cpu_wait_fraction,
+        loss_curve=result.loss_curve,
+        aux_loss_curve=result.aux_loss_curve if any(result.aux_loss_curve) else None,
+        final_loss=result.loss_curve[-1],
+    )
+    if val_examples is not None:
+        metrics.update(val_loss_curve=result.val_loss_curve, val_examples=len(val_examples))
+    if device.type == "cpu" and result.cpu_utilisation is not None:
+        metrics["contended"] = is_contended(result.cpu_utilisation, result.cpu_wait_fraction)
+    return metrics
+
+
+def latency_metrics(model, method: str, mergeable: bool, ids, ev: dict, autocast) -> dict:
+    """Forward latency of the base model (adapters bypassed) and each adapted state, interleaved."""
+    from lorabench.run.measure import MergeState, adapters_bypassed, interleaved_latency
+
     variants: dict = {
         "base": (lambda: adapters_bypassed(model)) if method != "base" else nullcontext
     }
@@ -185,20 +223,10 @@ def measure_run(
         finally:
             if merge_state:
                 merge_state.restore()  # exactly the trained weights again, for evaluation
-    metrics["latency_samples_ms"] = samples
-    metrics["latency_ms"] = {name: statistics.median(times) for name, times in samples.items()}
-
-    with meter.phase("eval"):
-        if heldout:
-            metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
-        with autocast:
-            metrics.update(
-                _score(model, tokenizer, inputs, out_dir / "lm_eval" / run_id, log_samples)
-            )
-    if method not in ("base", "full"):
-        metrics["adapter_bytes"] = _save_adapters(model, out_dir / "adapters" / run_id, config)
-    metrics["memory"] = meter.report()
-    return metrics
+    return {
+        "latency_samples_ms": samples,
+        "latency_ms": {name: statistics.median(times) for name, times in samples.items()},
+    }
 
 
 def _score(model, tokenizer, inputs, lm_eval_dir: Path, log_samples: bool) -> dict:

@@ -50,6 +50,18 @@ def load_train_pairs(
     )
 
 
+def load_validation_pairs(tasks: list[str], tasks_dir: Path) -> list[tuple[str, str]]:
+    """(context, completion) pairs of the tasks' validation splits, in the training format:
+    the held-out set of the validation loss (``[train] eval_every``)."""
+    from lorabench.tasks import synthetic as task_data
+
+    return [
+        task_data.format_example(row)
+        for task in tasks
+        for row in task_data.load_split(tasks_dir, task, task_data.VALIDATION_SPLIT)
+    ]
+
+
 def _pair(row: dict, spec: dict) -> tuple[str, str]:
     """A row with prompt/answer fields, or chat ``messages`` (last assistant turn = completion)."""
     messages = row.get(spec.get("messages_field", "messages"))
