@@ -146,6 +146,10 @@ def test_every_run_leaves_a_complete_record(smoke_records):
     ]
     first_env = json.loads(files[0].read_text())["env"]
     for f in files:
+        # each run's own log holds what its worker did, start to end (it was empty once)
+        run_log = (out / "logs" / f"{f.stem}.log").read_text()
+        assert f"{f.stem}: " in run_log.splitlines()[0] and "config " in run_log.splitlines()[0]
+        assert f"{f.stem}: ok after " in run_log and "evaluating 7 task(s)" in run_log
         record = json.loads(f.read_text())
         assert set(RECORD_KEYS) <= set(record)
         assert record["config_hash"] == config_hash(record["config"])

@@ -42,6 +42,11 @@ def execute(job: dict) -> dict:
     record = new_record(job["run_id"], config, job.get("command"))
     record["started_at"] = _now()
     started = time.perf_counter()
+    log.info(
+        "%s: %s (plugin %s), seed %s, model %s, config %s",
+        job["run_id"], config["label"], config["method"], config["seed"], config["model"],
+        record["config_hash"][:12],
+    )  # fmt: skip
     try:
         from lorabench.models.zoo import model_source
 
@@ -65,6 +70,13 @@ def execute(job: dict) -> dict:
         record["traceback"] = traceback.format_exc(limit=-8)
     record["metrics"]["wall_time_s"] = time.perf_counter() - started
     record["finished_at"] = _now()
+    accuracy = record["metrics"].get("accuracy")
+    log.info(
+        "%s: %s after %.1f s%s%s", job["run_id"], record["status"],
+        record["metrics"]["wall_time_s"],
+        f", test accuracy {accuracy:.4f}" if isinstance(accuracy, float) else "",
+        f" ({record['error']})" if record.get("error") else "",
+    )  # fmt: skip
     save_record(Path(job["record_path"]), record)
     return record
 
@@ -138,12 +150,19 @@ def measure_run(
         budget=config.get("budget"),
     )
 
+    log.info("base model loaded (%s parameters); %s adapter injected", f"{base_params:,}", method)
     if method != "base":
         metrics.update(
             train_run(model, tokenizer, config, train_cfg, inputs, meter=meter,
                       progress=progress, tracker=tracker, log_dir=run_log_dir(out_dir, run_id))
         )  # fmt: skip
+    if method != "base":
+        log.info(
+            "trained %d steps: final loss %.4f, %.0f tokens/s",
+            len(metrics["loss_curve"]), metrics["final_loss"], metrics["train_tokens_per_s"] or 0,
+        )  # fmt: skip
     metrics.update(latency_metrics(model, method, mergeable, ids, ev, autocast))
+    log.info("latency measured; evaluating %d task(s)", len(inputs.tasks))
     with meter.phase("eval"):
         if heldout:
             metrics["heldout_ppl_after"] = heldout_perplexity(model, tokenizer, heldout)
@@ -294,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[logging.FileHandler(log_file)] if log_file else None,
+        force=True,  # an import may have configured logging already: the run log must get ours
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     job_file = Path(argv[0])
