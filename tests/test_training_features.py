@@ -482,9 +482,9 @@ def test_run_with_log_tensorboard_writes_each_run_s_scalars(tmp_path):
 def train_like_the_worker(config: dict, suite_root: Path) -> list[float]:
     """The worker's load → inject → train of ``config`` (lorabench.run.worker); the losses."""
     from lorabench.models.zoo import load_pretrained
+    from lorabench.run.evaluate import eval_inputs
     from lorabench.run.measure import MemoryMeter
     from lorabench.run.worker import train_run
-    from lorabench.tasks.synthetic import resolve_tasks
 
     torch.manual_seed(config["seed"])
     model, tokenizer = load_pretrained(config["model"], config["dtype"], "cpu")
@@ -493,10 +493,9 @@ def train_like_the_worker(config: dict, suite_root: Path) -> list[float]:
     else:
         torch.manual_seed(config["seed"])
         inject(model, config["method"], config["method_config"], config["targets"])
-    tasks_dir = suite_root / config["tasks_dir"]
     metrics = train_run(
         model, tokenizer, config, TrainConfig(**config["train"]),
-        resolve_tasks(tasks_dir, config["tasks"]), tasks_dir, meter=MemoryMeter(torch.device("cpu")),
+        eval_inputs(config, suite_root, progress=False), meter=MemoryMeter(torch.device("cpu")),
         progress=False, tracker=None, log_dir=None,
     )  # fmt: skip
     return metrics["loss_curve"], metrics["aux_loss_curve"]
