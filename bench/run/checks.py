@@ -61,7 +61,9 @@ def check_plan(
     trained = [entry for entry in entries if entry.name != "base"]
     precisions = {entry.train.get("precision", suite.train.precision) for entry in trained}
     check_precision(precisions, device or s.device, where)
-    if is_task_source(s.tasks_dir):
+    from lorabench.tasks import commonsense
+
+    if commonsense.is_task_source(s.tasks_dir):
         tasks, source = check_task_source(suite)
         rows = None
         if source is not None and s.train_data == "tasks":
@@ -199,12 +201,6 @@ def check_tasks(suite: Suite, trust_suite_code: bool) -> tuple[list[str], Path |
                 "it. Pass --trust-suite-code only if you trust this suite"
             )
     return names, folder
-
-
-def is_task_source(tasks_dir: str | None) -> bool:
-    from lorabench.tasks import commonsense
-
-    return commonsense.is_task_source(tasks_dir)
 
 
 def check_task_source(suite: Suite) -> tuple[list[str], Any]:
