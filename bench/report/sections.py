@@ -742,10 +742,11 @@ def cost_notes(data: ReportData) -> list[str]:
             f"- lr: chosen per method on the validation split (seed {', '.join(map(str, seeds))}) "
             f"by {selection.RULE}; test scores never take part. Every lr's score: see Sweeps."
         )
+        edges = {label: selection.edges(c) for label, c in data.records.choices.items()}
         at_edge = sorted(
-            f"{label} ({', '.join(f'{k} {v}' for k, v in selection.edges(choice).items())})"
-            for label, choice in data.records.choices.items()
-            if selection.edges(choice)
+            f"{label} ({', '.join(f'{k} {v}' for k, v in edge.items())})"
+            for label, edge in edges.items()
+            if edge
         )
         if at_edge:
             lines.append(
