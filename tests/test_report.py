@@ -364,14 +364,18 @@ REPORTS = Path(__file__).parents[1] / "reports"
 
 @pytest.mark.parametrize(
     "name,baseline",
-    [("tiny", "lora"), ("mor-ablation-tiny", "mor-N[num_experts=8]"), ("smollm2", "lora")],
+    [
+        ("tiny", "lora"),
+        ("mor-ablation-tiny", "mor-N[num_experts=8]"),
+        ("smollm2", "lora"),
+        ("commonsense-smollm2", "lora"),
+    ],
 )
 def test_committed_reports_regenerate_byte_for_byte(name, baseline, tmp_path, monkeypatch):
     import shutil
 
     committed = REPORTS / name
-    if not (committed / "runs").is_dir():
-        pytest.skip(f"no committed reports/{name} yet")
+    assert (committed / "runs").is_dir(), f"reports/{name}/runs is missing"
     work = tmp_path / "reports" / name
     shutil.copytree(committed / "runs", work / "runs")
     monkeypatch.chdir(tmp_path)  # the report names its folders relative to the working directory

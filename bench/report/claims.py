@@ -226,9 +226,12 @@ def _claim_row(
     if claim.paper_param_percent is not None:
         params += f" (paper: {claim.paper_param_percent:.2f}%)"
     significant = result.p_value < SIGNIFICANCE
-    if result.delta_points > 0 and significant:
+    # the sign as the table prints it: a Δ that shows as +0.00 (equal accuracies, up to
+    # floating-point noise in the weighting) is no advantage
+    positive = round(result.delta_points, 2) > 0
+    if positive and significant:
         verdict = "agrees"
-    elif result.delta_points > 0:
+    elif positive:
         verdict = f"does not agree: claimed sign, not significant (p ≥ {SIGNIFICANCE})"
     elif significant:
         verdict = "does not agree: significant difference in the opposite direction"
