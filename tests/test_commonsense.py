@@ -241,6 +241,8 @@ def built(tmp_path_factory):
     """``lorabench run suites/commonsense-smollm2.toml --methods lora --dry-run`` from an
     empty cache: the plan fetches and converts the source. (folder, manifest, seconds, out)."""
     root = tmp_path_factory.mktemp("cache")
+    # the temporary cache only while building: left set for the session, it would make every
+    # later test rebuild the embedded model and fetch smollm2 into it
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LORABENCH_CACHE", str(root))
         started = time.perf_counter()
@@ -248,7 +250,7 @@ def built(tmp_path_factory):
         seconds = time.perf_counter() - started
         assert code == 0
         folder = cs.commonsense_dir()
-        yield folder, json.loads((folder / cs.MARKER).read_text()), seconds
+    return folder, json.loads((folder / cs.MARKER).read_text()), seconds
 
 
 def _rows(folder: Path, task: str, split: str) -> list[dict]:
